@@ -1,0 +1,9 @@
+"""Engine layer: turns a model and a ComfyUI IMAGE into an upscaled IMAGE.
+
+Imports only torch, numpy, PIL and ..model; never ComfyUI.
+"""
+
+from .errors import UpscaleCancelled, UpscaleError, UpscaleOutOfMemory
+from .inference import ALPHA_MODES, upscale
+
+__all__ = ["ALPHA_MODES", "UpscaleCancelled", "UpscaleError", "UpscaleOutOfMemory", "upscale"]

@@ -1,0 +1,91 @@
+"""Choosing the device and the compute dtype, and asking a device how much memory is free."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+PRECISIONS = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`"auto"` picks CUDA, then MPS, then the CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but CUDA is not available")
+        if device.index is None:
+            # One cache entry per physical GPU: "cuda" and "cuda:0" are the same device.
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`"auto"`: fp16 on CUDA (~58 dB from fp32, twice the speed), fp32 elsewhere.
+
+    fp16 on the CPU is honoured, not remapped: torch runs it correctly, only slower than fp32 on
+    most CPUs. bf16 is allowed but warned about: its 8-bit mantissa costs ~18 dB against fp16.
+    """
+    if isinstance(precision, torch.dtype):
+        dtype = precision
+    elif precision == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    elif precision in PRECISIONS:
+        dtype = PRECISIONS[precision]
+    else:
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"unsupported compute dtype {dtype}")
+    if dtype == torch.bfloat16:
+        warnings.warn(
+            "bf16 output is ~40 dB PSNR from fp32, ~18 dB worse than fp16; prefer fp16 or fp32",
+            stacklevel=3,
+        )
+    return dtype
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still hand out."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        # Blocks cached by torch's allocator are free for us too.
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        return max(
+            torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory(), 0
+        )
+    return available_ram()
+
+
+def available_ram() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

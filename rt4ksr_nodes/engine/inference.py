@@ -1,0 +1,228 @@
+"""upscale(): any-size, tiled, memory-aware RT4KSR inference on ComfyUI IMAGE tensors."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .device import free_memory, is_out_of_memory, resolve_device, resolve_dtype
+from .errors import UpscaleCancelled, UpscaleOutOfMemory
+from .memory import USABLE, auto_tile, bytes_per_pixel
+from .prepare import prepared
+from .tiling import MIN_TILE, Box, context_for, even_tile, split, window
+
+ALPHA_MODES = ("model", "bicubic", "discard")
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool]
+
+
+def upscale(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    tile_size: int = 0,
+    precision: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    alpha: str = "model",
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    output_device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Upscale a ComfyUI IMAGE (B x H x W x C floats in [0, 1]) by `model.scale`.
+
+    Returns B x sH x sW x C' float32 in [0, 1] on `output_device` (default the CPU). Any H and W
+    work, 1 x 1 included. C = 3 (RGB), 4 (RGBA) or 1 (gray: run as RGB with the value in all
+    three channels; the result is the mean of the three outputs, C' = 1).
+
+    tile_size: side of a tile's core in input pixels (context comes on top); 0 = the whole frame
+        when it fits the device's free memory, else the largest tile that does. Odd sizes are
+        rounded down to even; other than 0 it must be at least 32. Results are identical either
+        way: tiles carry enough real context that no seams exist.
+    precision: "auto" (fp16 on CUDA, else fp32), "fp32", "fp16" or "bf16" (warned: ~18 dB worse).
+    device: "auto" (CUDA, then MPS, then CPU), a device string or a torch.device.
+    alpha: RGBA only. "model": the alpha plane is upscaled by the network too (as gray);
+        "bicubic": bicubic interpolation, clamped; "discard": C' = 3.
+    progress: called as progress(done, total) after every tile; total counts every tile of the
+        batch (alpha passes included) and grows only if running out of memory forces smaller
+        tiles.
+    cancel: polled before every tile; a truthy answer raises UpscaleCancelled.
+
+    Out of memory, the tile is halved (down to 32) and the run resumes at the tile that failed;
+    finished tiles are kept. Raises UpscaleOutOfMemory when even that fails.
+    """
+    batch, height, width, channels = _check(model, image, tile_size, alpha)
+    device = resolve_device(device)
+    dtype = resolve_dtype(precision, device)
+    output_device = torch.device("cpu" if output_device is None else output_device)
+    scale = model.scale
+    keep_alpha = channels == 4 and alpha != "discard"
+    out_channels = 3 if channels == 4 and not keep_alpha else channels
+    passes = 2 if channels == 4 and alpha == "model" else 1
+
+    padded = (height + height % 2, width + width % 2)
+    net = prepared(model, device, dtype)
+    output_bytes = batch * scale * scale * height * width * out_channels * 4
+    tiler = _Tiler(
+        net,
+        scale,
+        context_for(model),
+        padded,
+        dtype,
+        device,
+        output_device,
+        output_bytes if output_device == device else 0,
+        even_tile(tile_size),
+        passes * batch,
+        progress,
+        cancel,
+    )
+    output = torch.empty(
+        batch, scale * height, scale * width, out_channels, device=output_device
+    )
+    with torch.inference_mode():
+        for index in range(batch):
+            pixels = image[index].permute(2, 0, 1).unsqueeze(0)
+            colour = pixels.expand(-1, 3, -1, -1) if channels == 1 else pixels[:, :3]
+            rgb = tiler.run(_network_input(colour, device, dtype))
+            rgb = rgb[: scale * height, : scale * width]
+            if channels == 1:
+                output[index].copy_(rgb.float().mean(-1, keepdim=True))
+            else:
+                output[index, ..., :3].copy_(rgb)
+            if not keep_alpha:
+                continue
+            plane = pixels[:, 3:]
+            if alpha == "model":
+                upscaled = tiler.run(_network_input(plane.expand(-1, 3, -1, -1), device, dtype))
+                upscaled = upscaled[: scale * height, : scale * width].float().mean(-1)
+            else:
+                upscaled = F.interpolate(
+                    plane.to(device=device, dtype=torch.float32),
+                    size=(scale * height, scale * width),
+                    mode="bicubic",
+                    align_corners=False,
+                )[0, 0].clamp_(0, 1)
+            output[index, ..., 3].copy_(upscaled)
+    return output
+
+
+def _check(model, image: torch.Tensor, tile_size: int, alpha: str) -> tuple[int, int, int, int]:
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point():
+        raise ValueError("image must be a B x H x W x C float tensor (a ComfyUI IMAGE)")
+    if image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must have 1, 3 or 4 channels, got {image.shape[-1]}")
+    if model.in_channels != 3:
+        raise ValueError(f"only RGB models are supported, this one takes {model.in_channels}")
+    if tile_size != 0 and tile_size < MIN_TILE:
+        raise ValueError(f"tile_size must be 0 (automatic) or at least {MIN_TILE}")
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"alpha must be one of {', '.join(ALPHA_MODES)}, got {alpha!r}")
+    return tuple(image.shape)
+
+
+def _network_input(pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """1 x 3 x H x W on the device, in the compute dtype, channels_last, padded to even.
+
+    Only the missing row/column is added, at the bottom/right, so the result is exactly the
+    network's output on that padded image, cropped. Replicate, not reflect: reflect cannot pad
+    a 1-pixel-wide image, and repeating the edge pixel is the usual upscaler convention.
+    """
+    pixels = pixels.to(device=device, dtype=dtype)
+    height, width = pixels.shape[-2:]
+    if height % 2 or width % 2:
+        pixels = F.pad(pixels, (0, width % 2, 0, height % 2), mode="replicate")
+    return pixels.contiguous(memory_format=torch.channels_last)
+
+
+class _Tiler:
+    """Runs the network tile by tile over one padded image plane at a time, into one canvas.
+
+    The canvas (the upscaled plane, H x W x 3 in the compute dtype) lives on the compute device
+    so tiles never round-trip to the host; only when it would take too much of the device's
+    memory (huge panoramas) is it kept on the output device instead.
+    """
+
+    def __init__(
+        self,
+        net,
+        scale: int,
+        context: int,
+        padded: tuple[int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+        output_device: torch.device,
+        output_bytes: int,
+        tile_size: int,
+        passes: int,
+        progress: Progress | None,
+        cancel: Cancel | None,
+    ) -> None:
+        self.net, self.scale, self.context, self.device = net, scale, context, device
+        self.height, self.width = padded
+        self.progress, self.cancel = progress, cancel
+        plane = self.height * self.width
+        budget = USABLE * free_memory(device) - output_bytes - 3 * plane * dtype.itemsize
+        canvas_bytes = 3 * scale * scale * plane * dtype.itemsize
+        canvas_device = device if canvas_bytes <= budget / 2 else output_device
+        if canvas_device == device:
+            budget -= canvas_bytes
+        self.canvas = torch.empty(
+            scale * self.height, scale * self.width, 3, dtype=dtype, device=canvas_device
+        )
+        self.tile = tile_size or auto_tile(
+            self.height, self.width, context, bytes_per_pixel(net, dtype), budget
+        )
+        self.full = Box(0, 0, self.height, self.width)
+        self.passes_left = passes
+        self.done = 0
+        self.total = passes * len(split(self.full, self.tile))
+
+    def run(self, source: torch.Tensor) -> torch.Tensor:
+        """Upscale `source` (1 x 3 x H x W, padded); returns the clamped canvas (sH x sW x 3)."""
+        self.passes_left -= 1
+        pending = deque(split(self.full, self.tile))
+        while pending:
+            if self.cancel is not None and self.cancel():
+                raise UpscaleCancelled("upscale cancelled")
+            tile = window(pending[0], self.height, self.width, self.context)
+            area = tile.window
+            try:
+                result = self.net(source[:, :, area.top : area.bottom, area.left : area.right])
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                self._shrink(error)
+                result = None
+            if result is None:
+                # Outside the except block, so the failed pass's tensors are already released.
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                pending = deque(box for core in pending for box in split(core, self.tile))
+                self.total = self.done + len(pending) + self.passes_left * len(
+                    split(self.full, self.tile)
+                )
+                continue
+            rows, cols = tile.core_in_window(self.scale)
+            core = tile.core
+            self.canvas[
+                core.top * self.scale : core.bottom * self.scale,
+                core.left * self.scale : core.right * self.scale,
+            ].copy_(result[0, :, rows, cols].permute(1, 2, 0))
+            pending.popleft()
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+        return self.canvas.clamp_(0, 1)
+
+    def _shrink(self, error: RuntimeError) -> None:
+        """Halve the tile after an out-of-memory error, or give up below MIN_TILE."""
+        if self.tile <= MIN_TILE:
+            raise UpscaleOutOfMemory(
+                f"out of memory on {self.device} even with {self.tile}-px tiles; free memory "
+                "on the device, use fp16, or run on another device"
+            ) from error
+        self.tile = max(even_tile(self.tile // 2), MIN_TILE)

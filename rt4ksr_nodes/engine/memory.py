@@ -1,0 +1,42 @@
+"""How big a tile fits: a per-pixel activation estimate against the device's free memory.
+
+Live tensors at the peak of one forward pass, in values per low-resolution input pixel, with
+C = model.in_channels, F = model.features, s = model.scale (unshuffled maps have 1/4 of the
+pixels):
+- body: the input (C) and ~3 feature maps inside a LayerNorm (3 F / 4);
+- upsample: the input (C), the features (F / 4), the conv output and its pixel-shuffled copy
+  (2 C s^2).
+The peak is the larger of the two. Measured on the CPU (ru_maxrss growth of one fp32 forward on
+1920x1080): 123 bytes per pixel at x2 and 243 at x3, against 33 and 63 values (132 and 252 bytes)
+estimated. SAFETY covers convolution workspaces, layout reorders and allocator fragmentation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tiling import MIN_TILE
+
+SAFETY = 1.5
+# Share of the free memory the engine plans to use; the rest stays for everything else.
+USABLE = 0.8
+
+
+def bytes_per_pixel(model, dtype: torch.dtype) -> float:
+    """Peak activation bytes of one forward pass per low-resolution input pixel."""
+    channels, features, scale = model.in_channels, model.features, model.scale
+    body = channels + 3 * features / 4
+    upsample = channels + features / 4 + 2 * channels * scale * scale
+    return max(body, upsample) * dtype.itemsize * SAFETY
+
+
+def auto_tile(
+    height: int, width: int, context: int, per_pixel: float, budget: float
+) -> int:
+    """The whole frame's longer side when it fits in `budget` bytes, else the largest even
+    square core whose window (core plus context on both sides) fits, but at least MIN_TILE
+    (out-of-memory handling then has the last word)."""
+    if height * width * per_pixel <= budget:
+        return max(height, width)
+    side = int((budget / per_pixel) ** 0.5) - 2 * context
+    return max(side - side % 2, MIN_TILE)
