@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import struct
 
 import pytest
@@ -117,10 +116,18 @@ def test_truncated_safetensors(tmp_path, fused_models):
         load_model(path)
 
 
-def test_random_bytes(tmp_path):
-    path = tmp_path / "noise.pth"
-    path.write_bytes(os.urandom(4096))
-    with pytest.raises(CheckpointError, match=r"noise\.pth"):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_random_bytes(tmp_path, suffix):
+    generator = torch.Generator().manual_seed(0)
+    for index in range(25):  # random bytes fail in many different places of a parser
+        path = tmp_path / f"noise{index}{suffix}"
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=generator, dtype=torch.uint8).numpy().tobytes())
+        with pytest.raises(CheckpointError, match=rf"noise{index}\{suffix}: cannot be read"):
+            load_model(path)
+    # the classic pickle opcodes with a valid-looking start, too
+    path = tmp_path / "pickle_like.pth"
+    path.write_bytes(b"\x80\x02" + bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="pickle_like.pth: cannot be read"):
         load_model(path)
 
 

@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,14 +85,23 @@ def _read_pickle(path: Path) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch wraps every unpickler failure; keep just its one-line reason.
+        reason = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+        reason = reason.split(" Please use")[0]
+        reason = reason.split(" Please use")[0]
+        if "Unsupported global" not in reason:
+            raise CheckpointError(
+                f"{path}: cannot be read as a PyTorch checkpoint (corrupt or not a "
+                f"checkpoint): {reason}"
+            ) from error
         raise CheckpointError(
-            f"{path}: refused; it is not a plain-tensor checkpoint and loading it would need "
-            f"unsafe unpickling (only weights_only loading is allowed): {error}"
+            f"{path}: refused; it holds Python objects that only unsafe unpickling could load "
+            f"(only plain tensors are read, weights_only=True): {reason}"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except Exception as error:  # arbitrary bytes fail anywhere inside the unpickler
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, corrupt or not a "
-            f"checkpoint): {error}"
+            f"checkpoint): {type(error).__name__}: {error}"
         ) from error
     if isinstance(content, dict):
         for key in WRAPPER_KEYS:

@@ -1,0 +1,120 @@
+"""The one module that talks to ComfyUI's services; every call falls back cleanly without it.
+
+ComfyUI is never imported at import time. Inside a ComfyUI server its modules are already loaded
+and are used; headless (the runner, tests, scripts) the `headless` settings below stand in:
+directories, a progress factory and an interrupt flag that the runner configures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+MODEL_FOLDER = "rt4ksr"
+UPSCALE_FOLDER = "upscale_models"
+MODEL_EXTENSIONS = {".pth", ".pt", ".safetensors"}
+
+
+def _comfy(module: str):
+    """A ComfyUI module if this process is a ComfyUI server (which has already loaded it), else
+    None. Looking in sys.modules, never importing, keeps ComfyUI out of headless processes."""
+    return sys.modules.get(module)
+
+
+@dataclass
+class Headless:
+    """Stand-ins for ComfyUI's folders and hooks when no server is running."""
+
+    base_dir: Path = field(default_factory=Path.cwd)
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+    models_dir: Path | None = None
+    progress_factory: Callable[[int], Callable[[int, int], None]] | None = None
+    interrupt: threading.Event = field(default_factory=threading.Event)
+
+    def folder(self, name: str) -> Path:
+        explicit = {"input": self.input_dir, "output": self.output_dir, "models": self.models_dir}
+        return Path(explicit[name] or self.base_dir / name).resolve()
+
+
+headless = Headless()
+
+
+def in_comfyui() -> bool:
+    return _comfy("folder_paths") is not None
+
+
+def register_model_folder() -> None:
+    """Register models/rt4ksr with ComfyUI, keeping paths extra_model_paths.yaml already added."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is None:
+        return
+    paths, extensions = folder_paths.folder_names_and_paths.get(MODEL_FOLDER, ([], set()))
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(extensions) | MODEL_EXTENSIONS)
+
+
+def model_folders(kind: str) -> list[Path]:
+    """The folders ComfyUI searches for `kind` ("rt4ksr" or "upscale_models")."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        if kind == MODEL_FOLDER:
+            register_model_folder()
+        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+    return [headless.folder("models") / kind]
+
+
+def directory(kind: str) -> Path:
+    """ComfyUI's input or output directory (headless: the runner's)."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        getter = {"input": folder_paths.get_input_directory, "output": folder_paths.get_output_directory}
+        return Path(getter[kind]())
+    return headless.folder(kind)
+
+
+def torch_device():
+    """ComfyUI's compute device, or "auto" to let the engine choose."""
+    management = _comfy("comfy.model_management")
+    return management.get_torch_device() if management is not None else "auto"
+
+
+def intermediate_device():
+    """Where node outputs live between nodes (ComfyUI's intermediate device; CPU headless)."""
+    management = _comfy("comfy.model_management")
+    return management.intermediate_device() if management is not None else "cpu"
+
+
+def free_memory(required_bytes: int, device) -> None:
+    """Ask ComfyUI to unload other models so `required_bytes` fit on `device`."""
+    management = _comfy("comfy.model_management")
+    if management is not None:
+        management.free_memory(required_bytes, device)
+
+
+def progress(total: int) -> Callable[[int, int], None] | None:
+    """A `progress(done, total)` callback: ComfyUI's progress bar, or the runner's."""
+    utils = _comfy("comfy.utils")
+    if utils is not None:
+        bar = utils.ProgressBar(total)
+        return lambda done, total: bar.update_absolute(done, total)
+    return headless.progress_factory(total) if headless.progress_factory else None
+
+
+def interrupted() -> bool:
+    """True once the user asked to stop (ComfyUI's Cancel button, or the runner's Ctrl-C).
+
+    Inside ComfyUI this raises ComfyUI's own interrupt exception, so the server reports the
+    prompt as interrupted rather than failed.
+    """
+    management = _comfy("comfy.model_management")
+    if management is not None:
+        management.throw_exception_if_processing_interrupted()
+        return False
+    return headless.interrupt.is_set()
