@@ -88,7 +88,6 @@ def _read_pickle(path: Path) -> dict:
         # torch wraps every unpickler failure; keep just its one-line reason.
         reason = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
         reason = reason.split(" Please use")[0]
-        reason = reason.split(" Please use")[0]
         if "Unsupported global" not in reason:
             raise CheckpointError(
                 f"{path}: cannot be read as a PyTorch checkpoint (corrupt or not a "
