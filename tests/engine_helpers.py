@@ -1,0 +1,32 @@
+"""Ground truth for the engine tests: the plain model forward, computed independently."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from conftest import image_paths, load_rgb
+
+
+def reference(model, image: torch.Tensor) -> torch.Tensor:
+    """The whole-frame result for a B x H x W x 3 image: numpy edge-padded to even size, one
+    plain forward, cropped, clamped."""
+    batch, height, width, _ = image.shape
+    padded = np.pad(
+        image.numpy(), ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge"
+    )
+    with torch.no_grad():
+        out = model(torch.from_numpy(padded).permute(0, 3, 1, 2))
+    scale = model.scale
+    return out[:, :, : scale * height, : scale * width].clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def crop(set_name: str, index: int, height: int, width: int) -> torch.Tensor:
+    """1 x height x width x 3 from the top left of a benchmark image."""
+    image = load_rgb(image_paths(set_name)[index]).permute(0, 2, 3, 1)
+    return image[:, :height, :width].contiguous()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.double() - b.double()).square().mean().item()
+    return 10 * np.log10(1 / mse)
