@@ -1,0 +1,239 @@
+"""Image files <-> float arrays for the CLI and the runner, keeping bit depth, alpha and ICC.
+
+Pillow decodes 16-bit RGB(A) PNG and TIFF to 8 bits (it has no 48/64-bit image modes), so for
+those the file is decoded twice, once keeping the high bytes and once the low bytes of every
+sample, which restores the exact 16-bit values with Pillow's own decoders. Pillow cannot write
+them either: 16-bit RGB(A) output is written by `_write_png16` (PNG) and `_write_tiff16`
+(uncompressed baseline TIFF) below. Limitation: 16-bit gray+alpha input is read at 8 bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+# Default decompression-bomb guard: a 16384 x 16384 input.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+EXIF_ORIENTATION = 0x0112
+ICC_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
+_HIGH_TO_LOW = {";16B": ";16L", ";16L": ";16B"}
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image; the message names the file and the cause."""
+
+
+@dataclass
+class Picture:
+    pixels: np.ndarray  # H x W x C float32 in [0, 1]; C = 1 (gray), 2 (gray+alpha), 3 or 4
+    bits: int  # 8 or 16 bits per sample in the file
+    icc_profile: bytes | None = None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """Decode `path` upright (EXIF orientation applied). `max_pixels` = 0 lifts the size guard."""
+    path = Path(path)
+    try:
+        with _pillow_bomb_check_off(), Image.open(path) as image:
+            width, height = image.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageReadError(
+                    f"{path}: {width}x{height} is over the {max_pixels}-pixel limit "
+                    "(possible decompression bomb; raise or lift it with --max-pixels)"
+                )
+            # A CMYK or Lab profile would be wrong on the RGB pixels they are converted to.
+            icc = image.info.get("icc_profile") if image.mode in ICC_MODES else None
+            # Decode first: for PNG, getexif() loads the image, after which the tile list that
+            # the 16-bit path needs is gone.
+            pixels, bits = _decode(path, image)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"{path}: cannot read image: {error}") from error
+    return Picture(_orient(pixels, orientation), bits, icc)
+
+
+def write_image(path: str | os.PathLike, picture: Picture) -> None:
+    """Write atomically: a temporary file in the destination folder, then os.replace.
+
+    The format follows the extension; 16-bit data goes to PNG and TIFF at 16 bits and to the
+    8-bit formats (JPEG, WebP, BMP) quantised to 8 bits.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise ValueError(f"{path}: unknown output format {suffix!r}")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        _write(Path(temporary), suffix, picture)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+@contextlib.contextmanager
+def _pillow_bomb_check_off():
+    """read_image applies its own, configurable limit instead of Pillow's fixed one."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode(path: Path, image: Image.Image) -> tuple[np.ndarray, int]:
+    mode = image.mode
+    if mode in ("RGB", "RGBA"):
+        wide = _decode_16bit_colour(path, image)
+        if wide is not None:
+            return wide, 16
+    if mode.startswith("I;16") or mode == "I":  # "I": 16-bit gray decoded as 32-bit integers
+        gray = np.clip(np.asarray(image), 0, 65535).astype(np.float32) / 65535
+        return gray[..., None], 16
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        alpha = "A" in mode or "a" in mode or "transparency" in image.info
+        gray = mode in ("1", "F")
+        image = image.convert(("LA" if alpha else "L") if gray else ("RGBA" if alpha else "RGB"))
+    pixels = np.asarray(image, dtype=np.float32) / 255
+    return (pixels[..., None] if pixels.ndim == 2 else pixels), 8
+
+
+def _decode_16bit_colour(path: Path, image: Image.Image) -> np.ndarray | None:
+    """Exact 16-bit samples of a 16-bit RGB(A) file Pillow would truncate to 8 bits, or None."""
+    rawmode = _rawmode(image.tile[0].args) if len(image.tile) >= 1 else ""
+    ending = rawmode[-4:]
+    if ending not in _HIGH_TO_LOW or any(_rawmode(t.args) != rawmode for t in image.tile):
+        return None
+    low_rawmode = rawmode[:-4] + _HIGH_TO_LOW[ending]
+    high = np.asarray(image).astype(np.uint16)
+    with Image.open(path) as again:
+        again.tile = [t._replace(args=_with_rawmode(t.args, low_rawmode)) for t in again.tile]
+        low = np.asarray(again).astype(np.uint16)
+    return ((high << 8) | low).astype(np.float32) / 65535
+
+
+def _rawmode(args) -> str:
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return rawmode if isinstance(rawmode, str) else ""
+
+
+def _with_rawmode(args, rawmode: str):
+    return (rawmode, *args[1:]) if isinstance(args, tuple) else rawmode
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8), as PIL.ImageOps.exif_transpose does."""
+    transforms = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }
+    transform = transforms.get(orientation)
+    return np.ascontiguousarray(transform(pixels)) if transform else pixels
+
+
+def _quantise(pixels: np.ndarray, bits: int) -> np.ndarray:
+    top = (1 << bits) - 1
+    return np.rint(np.clip(pixels, 0, 1) * top).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def _write(path: Path, suffix: str, picture: Picture) -> None:
+    pixels, icc = picture.pixels, picture.icc_profile
+    channels = pixels.shape[-1]
+    wide = picture.bits == 16 and suffix in (".png", ".tif", ".tiff") and channels != 2
+    if wide and channels == 1:
+        image = Image.fromarray(_quantise(pixels[..., 0], 16))
+    elif wide and suffix == ".png":
+        _write_png16(path, _quantise(pixels, 16), icc)
+        return
+    elif wide:
+        _write_tiff16(path, _quantise(pixels, 16), icc)
+        return
+    else:
+        samples = _quantise(pixels, 8)
+        image = Image.fromarray(samples[..., 0] if channels == 1 else samples)
+    options = {"icc_profile": icc} if icc else {}
+    if suffix in (".jpg", ".jpeg"):
+        if channels in (2, 4):
+            raise ValueError(f"{path.name}: JPEG cannot store alpha; write PNG, WebP or TIFF")
+        options["quality"] = 95
+    elif suffix == ".webp":
+        options.update(lossless=False, quality=95)
+    image.save(path, format=Image.registered_extensions()[suffix], **options)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _write_png16(path: Path, samples: np.ndarray, icc: bytes | None) -> None:
+    """A 16-bit PNG of RGB or RGBA samples (H x W x C uint16), rows "Up"-filtered."""
+    height, width, channels = samples.shape
+    colour_type = 6 if channels == 4 else 2
+    rows = samples.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up: difference with the row above, modulo 256
+    filtered[0, 1:] = rows[0]
+    filtered[1:, 1:] = rows[1:] - rows[:-1]
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    chunks = [_png_chunk(b"IHDR", header)]
+    if icc:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks))
+
+
+def _write_tiff16(path: Path, samples: np.ndarray, icc: bytes | None) -> None:
+    """An uncompressed little-endian baseline TIFF of 16-bit RGB or RGBA samples."""
+    height, width, channels = samples.shape
+    data = samples.astype("<u2").tobytes()
+    bits = struct.pack("<" + "H" * channels, *[16] * channels)
+    blobs = [data, bits] + ([icc] if icc else [])
+    # Layout: header (8 bytes), the blobs (word-aligned), then the one IFD.
+    offsets, position = [], 8
+    for blob in blobs:
+        offsets.append(position)
+        position += len(blob) + len(blob) % 2
+    entries = [
+        (256, 4, 1, width),  # ImageWidth
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, channels, offsets[1]),  # BitsPerSample, 6 or 8 bytes: stored at an offset
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 2),  # PhotometricInterpretation: RGB
+        (273, 4, 1, offsets[0]),  # StripOffsets
+        (277, 3, 1, channels),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, len(data)),  # StripByteCounts
+        (284, 3, 1, 1),  # PlanarConfiguration: chunky
+    ]
+    if channels == 4:
+        entries.append((338, 3, 1, 2))  # ExtraSamples: unassociated alpha
+    if icc:
+        entries.append((34675, 7, len(icc), offsets[2]))  # ICC profile
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        inline = kind == 3 and count == 1  # a single SHORT sits in the entry itself
+        ifd += struct.pack("<HHI", tag, kind, count)
+        ifd += struct.pack("<HH", value, 0) if inline else struct.pack("<I", value)
+    ifd += struct.pack("<I", 0)
+    body = b"".join(blob + b"\0" * (len(blob) % 2) for blob in blobs)
+    path.write_bytes(b"II*\0" + struct.pack("<I", position) + body + ifd)

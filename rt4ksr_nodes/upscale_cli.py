@@ -1,0 +1,180 @@
+"""Quick-inference CLI: `python -m rt4ksr_nodes.upscale --input image.png --scale 2`.
+
+Exit status: 0 when every file was written, 1 when some failed (each named on stderr, the
+others still done), 2 for usage errors and unusable checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine import ALPHA_MODES, UpscaleError, upscale
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
+from .model import CheckpointError, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_checkpoint(scale: int) -> Path:
+    """The released checkpoint for `scale`: rt4ksr_x<scale>.pth in $RT4KSR_WEIGHTS_DIR
+    (default <repo>/weights/)."""
+    return Path(os.environ.get("RT4KSR_WEIGHTS_DIR", REPO / "weights")) / f"rt4ksr_x{scale}.pth"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rt4ksr_nodes.upscale", description="Upscale images with RT4KSR."
+    )
+    parser.add_argument(
+        "--input", "-i", action="append", required=True, type=Path,
+        help="an image file or a folder of images (not recursive); repeatable",
+    )
+    parser.add_argument(
+        "--output", "-o", type=Path,
+        help="output file (one input) or folder; default: <stem>--<s>x.png beside each input",
+    )
+    parser.add_argument("--scale", type=int, choices=(2, 3), help="use the released model")
+    parser.add_argument("--model", type=Path, help="any RT4KSR checkpoint (.pth/.safetensors)")
+    parser.add_argument("--tile", type=int, default=0, help="tile size in input px (0 = auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--alpha", default="model", choices=ALPHA_MODES)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+        help=f"refuse larger inputs (default {DEFAULT_MAX_PIXELS}, 16384^2); 0 = no limit",
+    )
+    parser.add_argument(
+        "--benchmark", type=int, default=0, metavar="N",
+        help="time N runs per image after a warm-up instead of writing outputs",
+    )
+    parser.add_argument("--progress", action="store_true", help="progress bar even without a TTY")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scale is None and args.model is None:
+        parser.error("give --scale (released model) or --model PATH")
+    checkpoint = args.model or default_checkpoint(args.scale)
+    if not checkpoint.is_file():
+        hint = "" if args.model else "; run `python install.py` to download the released weights"
+        print(f"error: checkpoint {checkpoint} not found{hint}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(checkpoint)
+    except (CheckpointError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.scale is not None and args.scale != model.scale:
+        print(f"error: {checkpoint} is a x{model.scale} model, not x{args.scale}", file=sys.stderr)
+        return 2
+
+    jobs, failures = _jobs(args.input, args.output, model.scale)
+    for source, destination in jobs:
+        try:
+            if args.benchmark:
+                _benchmark(model, source, args)
+            else:
+                _upscale_file(model, source, destination, args)
+        except (ImageReadError, UpscaleError, OSError, ValueError) as error:
+            print(f"error: {source}: {error}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
+
+
+def _jobs(inputs: list[Path], output: Path | None, scale: int) -> tuple[list[tuple[Path, Path]], int]:
+    """(source, destination) pairs, and how many inputs were unusable (reported on stderr)."""
+    sources, failures = [], 0
+    for item in inputs:
+        if item.is_dir():
+            sources += sorted(
+                p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif item.is_file():
+            sources.append(item)
+        else:
+            print(f"error: {item}: no such file or folder", file=sys.stderr)
+            failures += 1
+    single_file = len(inputs) == 1 and len(sources) == 1 and not inputs[0].is_dir()
+    jobs = []
+    for source in sources:
+        name = f"{source.stem}--{scale}x.png"
+        if output is None:
+            destination = source.with_name(name)
+        elif single_file and not output.is_dir():
+            destination = output
+        else:
+            destination = output / name
+        jobs.append((source, destination))
+    return jobs, failures
+
+
+def _upscale_file(model, source: Path, destination: Path, args) -> None:
+    if destination.exists() and not args.overwrite:
+        raise FileExistsError(f"{destination} exists (use --overwrite to replace it)")
+    picture = read_image(source, args.max_pixels)
+    bar = _progress_bar(source, args.progress)
+    try:
+        result = _run(model, picture.pixels, args, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    write_image(destination, Picture(result, picture.bits, picture.icc_profile))
+    print(f"{source} -> {destination}", file=sys.stderr)
+
+
+def _run(model, pixels: np.ndarray, args, bar=None) -> np.ndarray:
+    """H x W x C in, sH x sW x C out. Gray+alpha runs as RGBA; its gray is the RGB mean."""
+    image = torch.from_numpy(pixels).unsqueeze(0)
+    gray_alpha = image.shape[-1] == 2
+    if gray_alpha:
+        image = image[..., [0, 0, 0, 1]]
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    out = upscale(
+        model, image, tile_size=args.tile, precision=args.precision, device=args.device,
+        alpha=args.alpha, progress=progress if bar is not None else None,
+    )[0]
+    if gray_alpha:
+        gray = out[..., :3].mean(-1, keepdim=True)
+        out = torch.cat([gray, out[..., 3:]], -1) if out.shape[-1] == 4 else gray
+    return out.numpy()
+
+
+def _progress_bar(source: Path, forced: bool):
+    if not (forced or sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=source.name, unit="tile", file=sys.stderr, leave=False)
+
+
+def _benchmark(model, source: Path, args) -> None:
+    picture = read_image(source, args.max_pixels)
+    height, width = picture.pixels.shape[:2]
+    _run(model, picture.pixels, args)  # warm-up: model preparation, kernel selection
+    times = []
+    for _ in range(args.benchmark):
+        start = time.perf_counter()
+        _run(model, picture.pixels, args)
+        times.append((time.perf_counter() - start) * 1000)
+    median = statistics.median(times)
+    print(
+        f"{source}: {width}x{height} x{model.scale}, {args.benchmark} runs: "
+        f"median {median:.1f} ms, min {min(times):.1f} ms, max {max(times):.1f} ms, "
+        f"{width * height / 1e6 / (median / 1000):.2f} input megapixels/s"
+    )
