@@ -1,0 +1,106 @@
+"""Image files: 16-bit depth, EXIF orientation, ICC profiles, size guard, atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import png16
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from rt4ksr_nodes.imageio import ImageReadError, Picture, read_image, write_image
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _samples(channels: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 65536, (9, 13, channels), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_reads_16bit_colour_png_exactly(tmp_path, channels):
+    samples = _samples(channels)
+    png16.write(tmp_path / "in.png", samples)
+    picture = read_image(tmp_path / "in.png")
+    assert picture.bits == 16
+    assert np.array_equal(np.rint(picture.pixels * 65535).astype(np.uint16), samples)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_writes_16bit_colour_png_exactly(tmp_path, channels):
+    samples = _samples(channels, seed=1)
+    write_image(tmp_path / "out.png", Picture(samples / 65535, 16, SRGB))
+    assert np.array_equal(png16.read(tmp_path / "out.png"), samples)
+    with Image.open(tmp_path / "out.png") as image:  # Pillow agrees on its 8-bit view and ICC
+        assert np.array_equal(np.asarray(image), (samples >> 8).astype(np.uint8))
+        assert image.info["icc_profile"] == SRGB
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_16bit_round_trips(tmp_path, suffix):
+    samples = _samples(3, seed=2)
+    write_image(tmp_path / f"out{suffix}", Picture(samples / 65535, 16, SRGB))
+    with Image.open(tmp_path / f"out{suffix}") as image:
+        assert image.size == (13, 9)
+        assert np.array_equal(np.asarray(image), (samples >> 8).astype(np.uint8))
+    picture = read_image(tmp_path / f"out{suffix}")
+    assert picture.bits == 16 and picture.icc_profile == SRGB
+    assert np.array_equal(np.rint(picture.pixels * 65535).astype(np.uint16), samples)
+
+
+def test_16bit_gray_png(tmp_path):
+    samples = _samples(1, seed=3)[..., 0]
+    Image.fromarray(samples).save(tmp_path / "gray.png")
+    picture = read_image(tmp_path / "gray.png")
+    assert picture.bits == 16 and picture.pixels.shape == (9, 13, 1)
+    write_image(tmp_path / "out.png", picture)
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.mode.startswith("I;16")
+        assert np.array_equal(np.asarray(image), samples)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(tmp_path, orientation):
+    rgb = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(tmp_path / "o.png", exif=exif)
+    with Image.open(tmp_path / "o.png") as image:
+        expected = np.asarray(ImageOps.exif_transpose(image))
+    picture = read_image(tmp_path / "o.png")
+    assert np.array_equal(np.rint(picture.pixels * 255).astype(np.uint8), expected)
+
+
+def test_icc_and_modes_are_kept(tmp_path):
+    rgba = np.random.default_rng(4).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "in.webp", lossless=True, icc_profile=SRGB)
+    picture = read_image(tmp_path / "in.webp")
+    assert picture.bits == 8 and picture.pixels.shape == (5, 7, 4)
+    assert picture.icc_profile == SRGB
+    write_image(tmp_path / "out.png", picture)
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.mode == "RGBA" and image.info["icc_profile"] == SRGB
+        assert np.array_equal(np.asarray(image), rgba)
+    Image.fromarray(rgba[..., 0]).save(tmp_path / "gray.jpg")
+    assert read_image(tmp_path / "gray.jpg").pixels.shape == (5, 7, 1)
+
+
+def test_size_guard(tmp_path):
+    Image.new("RGB", (100, 80)).save(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match=r"big\.png: 100x80 is over the 5000-pixel limit"):
+        read_image(tmp_path / "big.png", max_pixels=5000)
+    assert read_image(tmp_path / "big.png", max_pixels=0).pixels.shape == (80, 100, 3)
+
+
+def test_unreadable_file_names_file_and_cause(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image"):
+        read_image(tmp_path / "broken.png")
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    (tmp_path / "keep.jpg").write_bytes(b"previous")
+    rgba = Picture(np.zeros((4, 4, 4), np.float32), 8)
+    with pytest.raises(ValueError, match="JPEG cannot store alpha"):
+        write_image(tmp_path / "keep.jpg", rgba)
+    assert (tmp_path / "keep.jpg").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.jpg"]
