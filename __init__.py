@@ -4,8 +4,6 @@ ComfyUI imports this folder as a package without putting it on sys.path, so only
 imports work here.
 """
 
-# The nodes arrive with the node-pack layer; until then the pack loads and registers nothing.
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from .rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .weights import weights_dir
+
 MODEL_FOLDER = "rt4ksr"
 UPSCALE_FOLDER = "upscale_models"
 MODEL_EXTENSIONS = {".pth", ".pt", ".safetensors"}
@@ -33,11 +35,11 @@ class Headless:
     input_dir: Path | None = None
     output_dir: Path | None = None
     models_dir: Path | None = None
-    progress_factory: Callable[[int], Callable[[int, int], None]] | None = None
+    progress_factory: Callable[[], Callable[[int, int], None]] | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
 
     def folder(self, name: str) -> Path:
-        explicit = {"input": self.input_dir, "output": self.output_dir, "models": self.models_dir}
+        explicit = {"input": self.input_dir, "output": self.output_dir}
         return Path(explicit[name] or self.base_dir / name).resolve()
 
 
@@ -61,13 +63,16 @@ def register_model_folder() -> None:
 
 
 def model_folders(kind: str) -> list[Path]:
-    """The folders ComfyUI searches for `kind` ("rt4ksr" or "upscale_models")."""
+    """The folders searched for `kind` ("rt4ksr" or "upscale_models"). Headless, without a
+    models folder, only the pack's own weights folder holds RT4KSR models."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
         if kind == MODEL_FOLDER:
             register_model_folder()
         return [Path(p) for p in folder_paths.get_folder_paths(kind)]
-    return [headless.folder("models") / kind]
+    if headless.models_dir is not None:
+        return [Path(headless.models_dir).resolve() / kind]
+    return [weights_dir()] if kind == MODEL_FOLDER else []
 
 
 def directory(kind: str) -> Path:
@@ -98,13 +103,13 @@ def free_memory(required_bytes: int, device) -> None:
         management.free_memory(required_bytes, device)
 
 
-def progress(total: int) -> Callable[[int, int], None] | None:
+def progress() -> Callable[[int, int], None] | None:
     """A `progress(done, total)` callback: ComfyUI's progress bar, or the runner's."""
     utils = _comfy("comfy.utils")
     if utils is not None:
-        bar = utils.ProgressBar(total)
+        bar = utils.ProgressBar(1)
         return lambda done, total: bar.update_absolute(done, total)
-    return headless.progress_factory(total) if headless.progress_factory else None
+    return headless.progress_factory() if headless.progress_factory else None
 
 
 def interrupted() -> bool:

@@ -102,6 +102,11 @@ def _read_pickle(path: Path) -> dict:
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, corrupt or not a "
             f"checkpoint): {type(error).__name__}: {error}"
         ) from error
+    return _unwrap(content)
+
+
+def _unwrap(content):
+    """The state dict inside a training checkpoint's wrapper dict, else `content` itself."""
     if isinstance(content, dict):
         for key in WRAPPER_KEYS:
             if isinstance(content.get(key), dict):
@@ -172,6 +177,24 @@ def _check_keys(state: dict, model: RT4KSR, path: Path) -> None:
             f"(x{model.scale}, {model.features} features, {model.blocks} blocks): "
             + "; ".join(problems)
         )
+
+
+def looks_like_rt4ksr(path: str | os.PathLike) -> bool:
+    """Cheap check by key names only (for listing a shared folder such as upscale_models/):
+    .safetensors headers are read without tensors, .pth files memory-mapped."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == SAFETENSORS_SUFFIX:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                keys = set(handle.keys())
+        else:
+            content = _unwrap(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            keys = set(_strip_prefix(content)) if isinstance(content, dict) else set()
+    except Exception:  # unreadable files are simply not RT4KSR models
+        return False
+    return {"head.0.weight", "upsample.0.weight"} <= keys and any(
+        ".rep_conv." in key or ".expand_conv." in key for key in keys
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
