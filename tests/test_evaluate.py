@@ -1,0 +1,141 @@
+"""The evaluation pipeline: real model vs bicubic on Set5, LR preparation, CLI outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import checkpoint_path, shared_path
+from rt4ksr_nodes import evaluate as ev
+from rt4ksr_nodes.imresize import imresize_uint8
+from rt4ksr_nodes.metrics import psnr
+
+
+def smooth_image(height, width, seed):
+    """Natural-ish content: a few random low-frequency waves per channel, 8-bit."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = []
+    for _ in range(3):
+        wave = sum(
+            np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x + rng.uniform(0.5, 4) * y) + rng.uniform(0, 6))
+            for _ in range(3)
+        )
+        channels.append(127.5 + 40 * wave)
+    return np.clip(np.stack(channels, axis=-1), 0, 255).round().astype(np.uint8)
+
+
+def test_model_beats_bicubic_on_set5_x2(fused_models):
+    bench = ev.find_benchmark(shared_path("images", "Set5"))
+    assert bench.name == "Set5" and len(bench.hr_paths) == 5
+    models = {2: [("rt4ksr_x2", fused_models[2])]}
+    summary = ev.summarize(ev.evaluate([bench], models, ["bicubic"], progress=False))
+    by_method = {row["method"]: row for row in summary}
+    assert by_method["bicubic"]["images"] == by_method["rt4ksr_x2"]["images"] == 5
+    gain = by_method["rt4ksr_x2"]["psnr_y"] - by_method["bicubic"]["psnr_y"]
+    assert gain >= 1.5, f"RT4KSR only {gain:.2f} dB over bicubic (Y) on Set5 x2"
+    assert by_method["rt4ksr_x2"]["ssim_y"] > by_method["bicubic"]["ssim_y"]
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_generated_pairs_are_mod_cropped_so_lr_is_even(scale):
+    hr = smooth_image(37, 50, 0)
+    lr, hr_crop = ev.make_pair(hr, scale, "bicubic")
+    assert lr.shape[0] % 2 == 0 and lr.shape[1] % 2 == 0
+    assert hr_crop.shape == (lr.shape[0] * scale, lr.shape[1] * scale, 3)
+    assert hr_crop.shape[:2] == (37 // (2 * scale) * 2 * scale, 50 // (2 * scale) * 2 * scale)
+    np.testing.assert_array_equal(hr_crop, hr[: hr_crop.shape[0], : hr_crop.shape[1]])
+    np.testing.assert_array_equal(lr, imresize_uint8(hr_crop, Fraction(1, scale)))
+
+
+def test_given_lr_is_cropped_even_and_hr_follows():
+    hr = smooth_image(33, 45, 1)
+    lr, hr_crop = ev.make_pair(hr, 3, "bicubic", lr=hr[::3, ::3])  # 11 x 15 LR
+    assert lr.shape[:2] == (10, 14) and hr_crop.shape[:2] == (30, 42)
+    with pytest.raises(ValueError, match="larger than HR"):
+        ev.make_pair(hr[:20], 3, "bicubic", lr=hr[::3, ::3])
+
+
+def test_ntire23_is_bicubic_then_jpeg_q90():
+    hr = ev.load_rgb8(shared_path("images", "Set5", "baby.png"))[:192, :192]
+    clean, _ = ev.make_pair(hr, 2, "bicubic")
+    degraded, _ = ev.make_pair(hr, 2, "ntire23")
+    assert degraded.shape == clean.shape and not np.array_equal(degraded, clean)
+    # NTIRE's data script saved with Pillow's defaults at quality 90: the same bytes.
+    buffer = io.BytesIO()
+    Image.fromarray(clean).save(buffer, "JPEG", quality=90)
+    np.testing.assert_array_equal(degraded, np.asarray(Image.open(buffer).convert("RGB")))
+    assert 35 < psnr(degraded, clean) < 50  # mild compression, as q90 should be
+
+
+def write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_cli_writes_csv_and_json(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    write_png(folder / "a.png", smooth_image(40, 52, 3))
+    write_png(folder / "b.png", smooth_image(44, 36, 4))
+    csv_path, json_path = tmp_path / "rows.csv", tmp_path / "summary.json"
+    code = ev.main([
+        "--input", str(folder), "--model", str(checkpoint_path(2)), "--degradation", "bicubic",
+        "ntire23", "--csv", str(csv_path), "--json", str(json_path), "--no-progress",
+    ])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| tiny | x2 | ntire23 | rt4ksr_x2 |" in table
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == ev.CSV_COLUMNS
+    assert len(rows) == 2 * 2 * 2  # images x degradations x methods
+    assert {r["method"] for r in rows} == {"bicubic", "rt4ksr_x2"}
+    assert {(r["image"], r["hr_height"], r["hr_width"]) for r in rows} == {
+        ("a", "40", "52"), ("b", "44", "36")
+    }
+    assert all(r["lr_source"] == "generated" for r in rows)
+    assert all(float(r["psnr_y"]) > 20 and 0 < float(r["ssim_y"]) <= 1 for r in rows)
+
+    report = json.loads(json_path.read_text())
+    assert report["settings"]["crop_border"] == "scale"
+    assert "65.481 R + 128.553 G + 24.966 B" in report["settings"]["y"]
+    assert len(report["results"]) == 4
+    assert set(report["results"][0]) == {"set", "scale", "degradation", "method", "images",
+                                         "psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"}
+
+
+def test_benchmark_layout_uses_given_lr_by_stem(tmp_path, fused_models):
+    root = tmp_path / "testsets" / "Tiny"
+    hr_a, hr_b = smooth_image(40, 48, 5), smooth_image(36, 44, 6)
+    write_png(root / "HR" / "a.png", hr_a)
+    write_png(root / "HR" / "b.png", hr_b)
+    # DIV2K-style name for one file; the other is generated on the fly.
+    write_png(root / "LR_bicubic_x2" / "ax2.png", imresize_uint8(hr_a, Fraction(1, 2)))
+    bench = ev.find_benchmark(root)
+    assert bench.name == "Tiny" and bench.lr_path(bench.hr_paths[1], 2) is None
+    rows = ev.evaluate([bench], {2: [("m", fused_models[2])]}, ["bicubic"], progress=False)
+    assert [r["lr_source"] for r in rows] == ["file", "file", "generated", "generated"]
+
+    # The given LR is exactly what would have been generated, so the scores must agree.
+    plain = tmp_path / "plain"
+    write_png(plain / "a.png", hr_a)
+    again = ev.evaluate([ev.find_benchmark(plain)], {2: [("m", fused_models[2])]}, ["bicubic"],
+                        progress=False)
+    for given, generated in zip(rows[:2], again):
+        assert {k: given[k] for k in ev.METRICS} == {k: generated[k] for k in ev.METRICS}
+
+
+def test_cli_rejects_a_model_outside_the_requested_scales(tmp_path, capsys):
+    write_png(tmp_path / "a.png", smooth_image(24, 24, 7))
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--input", str(tmp_path), "--model", str(checkpoint_path(3)), "--scale", "2",
+                 "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "x3" in capsys.readouterr().err
