@@ -1,0 +1,222 @@
+"""Folder batches: Load Image Folder (RT4KSR) and Save Image Batch (RT4KSR).
+
+Inside ComfyUI the loader returns every image as a list (OUTPUT_IS_LIST), so downstream nodes
+run once per image. The headless runner streams instead: it asks `stream_items` for the file
+list, decodes ahead with `stream_load` on a worker thread, and runs the graph once per file, so
+memory stays bounded whatever the folder size. The saver writes through `WRITER` when the runner
+set it (a bounded pool of encoder threads), else inline; every write goes to a temporary file and
+is renamed, so a file that exists is complete, which is what the runner's --resume relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import fnmatch
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import comfy_bridge as bridge
+from ..imageio import IMAGE_EXTENSIONS, Picture, read_image, write_image
+
+CATEGORY = "image/upscaling/RT4KSR"
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+BIT_DEPTHS = ["8", "16"]
+PATH_SLOT = 2  # the loader's output carrying the file's relative path
+
+# Set by the headless runner: submit(job) runs job() on an encoder thread.
+WRITER: contextvars.ContextVar = contextvars.ContextVar("rt4ksr_batch_writer", default=None)
+
+
+class UnsafeOutputError(ValueError):
+    """A name that would be written outside the output folder."""
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """root / relative, refusing absolute names, `..` and symlinks that lead out of root."""
+    root = root.resolve()
+    if os.path.isabs(relative) or PurePosixPath(relative).is_absolute():
+        raise UnsafeOutputError(f"{relative!r}: absolute paths are not allowed")
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafeOutputError(f"{relative!r} leads outside {root}; this is not allowed")
+    return target
+
+
+def _as_comfy(picture: Picture) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE (1 x H x W x 3) and MASK (1 - alpha; LoadImage's 64 x 64 zeros without alpha)."""
+    pixels = picture.pixels
+    colour = pixels[..., :1].repeat(3, axis=-1) if pixels.shape[-1] <= 2 else pixels[..., :3]
+    image = torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32))[None]
+    if pixels.shape[-1] in (2, 4):
+        mask = 1.0 - torch.from_numpy(np.ascontiguousarray(pixels[..., -1], dtype=np.float32))
+    else:
+        mask = torch.zeros((64, 64), dtype=torch.float32)
+    return image, mask[None]
+
+
+class RT4KSRLoadImageFolder:
+    DESCRIPTION = (
+        "Loads every image of a folder inside the input folder (PNG, JPEG, WebP, TIFF, BMP; 8 or "
+        "16 bits), in sorted order, as a list: the nodes after it run once per image. The path "
+        "output carries each file's path relative to the folder, for Save Image Batch."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK", "STRING")
+    RETURN_NAMES = ("IMAGE", "MASK", "path")
+    OUTPUT_IS_LIST = (True, True, True)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; empty = the input folder."}),
+                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern, e.g. *.png or frame_*.tif."}),
+                "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
+            }
+        }
+
+    @classmethod
+    def stream_items(cls, folder, pattern, recursive) -> list[str]:
+        """Relative paths (POSIX) of the matching images, sorted."""
+        root = cls._root(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {folder!r} does not exist in {bridge.directory('input')}")
+        found = root.rglob("*") if recursive else root.iterdir()
+        names = []
+        for path in found:
+            relative = path.relative_to(root)
+            if (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and fnmatch.fnmatch(path.name, pattern or "*")
+                    and not any(part.startswith(".") for part in relative.parts)):
+                names.append(relative.as_posix())
+        return sorted(names)
+
+    @classmethod
+    def stream_load(cls, item: str, folder, pattern, recursive) -> tuple:
+        """The outputs for one file, each a one-element list."""
+        image, mask = _as_comfy(read_image(cls._root(folder) / item))
+        return [image], [mask], [item]
+
+    @staticmethod
+    def _root(folder: str) -> Path:
+        return _inside(bridge.directory("input"), folder or ".")
+
+    def load(self, folder, pattern, recursive):
+        outputs = ([], [], [])
+        for item in self.stream_items(folder, pattern, recursive):
+            for collected, value in zip(outputs, self.stream_load(item, folder, pattern, recursive)):
+                collected.extend(value)
+        return outputs
+
+
+class RT4KSRSaveImageBatch:
+    DESCRIPTION = (
+        "Saves each image under the output folder with its source's relative path and a name "
+        "template ({stem}: source name without extension; {ext}, {width}, {height}), as PNG, "
+        "JPEG, WebP or TIFF at 8 or 16 bits (16: PNG and TIFF). A mask, when not all zero, "
+        "is written as alpha."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "path": ("STRING", {"forceInput": True, "tooltip": "Relative source path, from Load Image Folder."}),
+                "name_template": ("STRING", {"default": "{stem}--2x"}),
+                "subfolder": ("STRING", {"default": "", "tooltip": "Folder inside the output folder."}),
+                "format": (list(FORMATS), {"default": "png"}),
+                "bit_depth": (BIT_DEPTHS, {"default": "8"}),
+                "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP quality."}),
+            },
+            "optional": {"mask": ("MASK",)},
+        }
+
+    @classmethod
+    def targets(cls, path, name_template, subfolder, format, count=1, width=0, height=0) -> list[Path]:
+        """Where the images for source `path` go (numbered -0, -1, … for a batch of several)."""
+        source = PurePosixPath(path)
+        stem = name_template.format(stem=source.stem, ext=source.suffix[1:], width=width, height=height)
+        names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
+        folder = PurePosixPath(subfolder or ".") / source.parent
+        return [_inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
+
+    @classmethod
+    def output_complete(cls, path, name_template, subfolder, format, **_) -> bool:
+        """True when this source's output exists (the runner's --resume); only single images
+        with names free of {width}/{height} can be known before the image is computed."""
+        if "{width}" in name_template or "{height}" in name_template:
+            return False
+        return all(target.is_file() for target in cls.targets(path, name_template, subfolder, format))
+
+    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None):
+        height, width = images.shape[1:3]
+        targets = self.targets(path, name_template, subfolder, format, len(images), width, height)
+        results = []
+        for index, (image, target) in enumerate(zip(images, targets)):
+            pixels = image.float().cpu().numpy()
+            alpha = _alpha(mask, index, pixels.shape[:2])
+            if alpha is not None:
+                pixels = np.concatenate([pixels, alpha[..., None]], axis=-1)
+            job = _job(target, Picture(pixels, int(bit_depth)), format, quality)
+            submit = WRITER.get()
+            submit(job) if submit else job()
+            relative = target.relative_to(bridge.directory("output").resolve())
+            results.append({"filename": relative.name, "subfolder": relative.parent.as_posix().strip("."), "type": "output"})
+        return {"ui": {"images": results}}
+
+
+def _alpha(mask, index: int, size) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = mask.reshape(-1, *mask.shape[-2:])
+    one = mask[min(index, len(mask) - 1)]
+    if tuple(one.shape) != tuple(size) or not one.any():
+        return None
+    return 1.0 - one.float().cpu().numpy()
+
+
+def _job(target: Path, picture: Picture, format: str, quality: int):
+    def write():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if format in ("jpeg", "webp"):
+            _write_lossy(target, picture.pixels, format, quality)
+        else:
+            write_image(target, picture)
+    return write
+
+
+def _write_lossy(target: Path, pixels: np.ndarray, format: str, quality: int) -> None:
+    """JPEG or WebP at `quality` (imageio.write_image has a fixed quality), atomically."""
+    if format == "jpeg" and pixels.shape[-1] == 4:
+        pixels = pixels[..., :3]
+    image = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        image.save(temporary, format=format.upper(), quality=quality)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+BATCH_NODES = {
+    "RT4KSRLoadImageFolder": RT4KSRLoadImageFolder,
+    "RT4KSRSaveImageBatch": RT4KSRSaveImageBatch,
+}
+BATCH_DISPLAY_NAMES = {
+    "RT4KSRLoadImageFolder": "Load Image Folder (RT4KSR)",
+    "RT4KSRSaveImageBatch": "Save Image Batch (RT4KSR)",
+}

@@ -1,0 +1,254 @@
+"""python -m rt4ksr_nodes.run workflow.json: run a ComfyUI workflow without ComfyUI.
+
+Exit codes: 0 every item done (or skipped by --resume), 1 some items failed (the others
+completed), 2 invalid workflow or usage, 130 interrupted (rerun with --resume to finish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .. import comfy_bridge as bridge
+from . import convert, core_nodes, formats, registry
+from .execute import Runner, Summary
+from .validate import input_spec, validate
+
+OK, FAILED, INVALID, INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ValueError):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rt4ksr_nodes.run",
+        description="Run a ComfyUI workflow headless: the editor's saved .json, its API export, "
+        "a /prompt body, or a PNG saved by ComfyUI.",
+    )
+    p.add_argument("workflow", type=Path)
+    p.add_argument("--input-dir", type=Path, default=Path("input"), help="images are read from here (default: ./input)")
+    p.add_argument("--output-dir", type=Path, default=Path("output"), help="results are written here (default: ./output)")
+    p.add_argument("--models-dir", type=Path, help="a ComfyUI-style models folder holding rt4ksr/ "
+                   "(default: the pack's weights/ folder with the released models)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="change an input; NODE is a node id or title, e.g. --set \"Load Image.image=a.png\"")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    p.add_argument("--validate-only", action="store_true", help="check the workflow and stop")
+    p.add_argument("--resume", action="store_true", help="skip items whose output already exists")
+    p.add_argument("--jobs", type=int, default=2, help="image writer threads (default: 2)")
+    p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    p.add_argument("--no-metadata", action="store_true", help="do not embed the workflow in saved PNGs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = _Output(args.json)
+    try:
+        if args.jobs < 1:
+            raise UsageError("--jobs must be at least 1")
+        _configure(args)
+        workflow = formats.load(args.workflow)
+        classes = registry.node_classes()
+        prompt = copy.deepcopy(workflow.prompt) if workflow.prompt else convert.to_api(workflow.editor, classes)
+        for override in args.overrides:
+            apply_override(prompt, classes, override)
+    except (formats.WorkflowError, UsageError) as error:
+        out.error(str(error))
+        return INVALID
+    problems = validate(prompt, classes)
+    if problems:
+        out.problems(problems)
+        return INVALID
+    if args.validate_only:
+        out.message(f"{args.workflow}: valid ({len(prompt)} nodes)", {"event": "valid", "nodes": len(prompt)})
+        return OK
+    bridge.directory("output").mkdir(parents=True, exist_ok=True)
+    runner = Runner(prompt, classes, extra_pnginfo=workflow.extra_pnginfo, resume=args.resume, jobs=args.jobs,
+                    on_event=out.event)
+    with _interrupt_handler(out):
+        summary = runner.run()
+    out.close()
+    return _exit_code(summary, out)
+
+
+def _configure(args) -> None:
+    bridge.headless.input_dir = args.input_dir.resolve()
+    bridge.headless.output_dir = args.output_dir.resolve()
+    if args.models_dir:
+        bridge.headless.models_dir = args.models_dir.resolve()
+    if args.device:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            raise UsageError(f"--device {args.device}: {error}") from error
+        # comfy_bridge has no headless device setting yet; nodes ask torch_device() for theirs.
+        bridge.torch_device = lambda: device
+    core_nodes.SAVE_METADATA = not args.no_metadata
+
+
+def find_node(prompt: dict, reference: str) -> str:
+    """A node id from an id or a title (the editor's, or the class's display name)."""
+    if reference in prompt:
+        return reference
+    titled = [i for i, n in prompt.items()
+              if ((n.get("_meta") or {}).get("title") or registry.display_name(n.get("class_type", ""))) == reference]
+    if len(titled) == 1:
+        return titled[0]
+    if titled:
+        raise UsageError(f"--set: {len(titled)} nodes are titled {reference!r} ({', '.join(titled)}); use an id")
+    raise UsageError(f"--set: no node with id or title {reference!r}")
+
+
+def apply_override(prompt: dict, classes: dict, override: str) -> None:
+    target, equals, text = override.partition("=")
+    reference, dot, name = target.rpartition(".")
+    if not equals or not dot or not name:
+        raise UsageError(f"--set {override!r}: expected NODE.INPUT=VALUE")
+    node_id = find_node(prompt, reference)
+    cls = classes.get(prompt[node_id].get("class_type"))
+    spec = input_spec(cls) if cls else {}
+    if cls and name not in spec:
+        raise UsageError(f"--set: node {node_id} ({prompt[node_id]['class_type']}) has no input {name!r}; "
+                         f"it has {', '.join(spec)}")
+    kind = spec[name][1] if name in spec else "STRING"
+    prompt[node_id].setdefault("inputs", {})[name] = parse_value(text, kind)
+
+
+def parse_value(text: str, kind) -> object:
+    """The command-line text as the input's type; validation reports values that do not fit."""
+    if kind == "BOOLEAN":
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+    numeric = {"INT": (int, float), "FLOAT": (float,)}.get(kind, ()) if isinstance(kind, str) else ()
+    for convert_to in numeric:
+        try:
+            return convert_to(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _exit_code(summary: Summary, out) -> int:
+    if summary.interrupted:
+        out.message("Interrupted: finished items are complete. Run the same command with --resume to do the rest.",
+                    {"event": "interrupted"})
+        return INTERRUPTED
+    return FAILED if summary.failed else OK
+
+
+class _interrupt_handler:
+    """First Ctrl-C: stop after the current item (or drop it cleanly); second: stop now."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def __enter__(self):
+        bridge.headless.interrupt.clear()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if bridge.headless.interrupt.is_set():
+            raise KeyboardInterrupt
+        bridge.headless.interrupt.set()
+        self.out.message("Stopping after the current item (Ctrl-C again to stop at once)...", {"event": "stopping"})
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _Output:
+    """Human output (tqdm bars and messages on stderr) or JSON events on stdout."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.overall = self.item = None
+        self.bars = not as_json and sys.stderr.isatty()
+        if self.bars:
+            bridge.headless.progress_factory = self._item_progress
+
+    def _write_json(self, event: dict) -> None:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    def message(self, text: str, event: dict) -> None:
+        if self.as_json:
+            self._write_json(event)
+        else:
+            self._print(text)
+
+    def _print(self, text: str) -> None:
+        if self.overall is not None:
+            self.overall.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def error(self, text: str) -> None:
+        self.message(f"error: {text}", {"event": "error", "message": text})
+
+    def problems(self, problems) -> None:
+        if self.as_json:
+            for p in problems:
+                self._write_json({"event": "problem", "node": p.node_id, "class_type": p.class_type,
+                                  "input": p.input_name, "kind": p.kind, "message": p.message})
+            return
+        self._print(f"The workflow is not valid ({len(problems)} problem{'s' * (len(problems) != 1)}):")
+        for p in problems:
+            self._print(f"  - {p}")
+
+    def event(self, event: dict) -> None:
+        if self.as_json:
+            self._write_json(event)
+            return
+        kind = event["event"]
+        if kind == "start" and self.bars:
+            from tqdm import tqdm
+
+            self.overall = tqdm(total=event["total"], unit="img", desc="overall", file=sys.stderr, position=0)
+        elif kind == "item":
+            if event["status"] == "failed":
+                self._print(f"failed: {event['error']}")
+            if self.overall is not None:
+                self.overall.update(1)
+        elif kind == "summary":
+            self.close()
+            self._print(
+                f"done {event['done']}, skipped {event['skipped']}, failed {event['failed']} of {event['total']} "
+                f"in {event['seconds']:.1f} s ({event['images_per_second']:.2f} images/s)"
+            )
+
+    def _item_progress(self):
+        from tqdm import tqdm
+
+        if self.item is not None:
+            self.item.close()
+        self.item = tqdm(total=1, unit="tile", desc="current", file=sys.stderr, position=1, leave=False)
+
+        def update(done: int, total: int) -> None:
+            self.item.total = total
+            self.item.n = done
+            self.item.refresh()
+
+        return update
+
+    def close(self) -> None:
+        for bar in (self.item, self.overall):
+            if bar is not None:
+                bar.close()
+        self.item = self.overall = None

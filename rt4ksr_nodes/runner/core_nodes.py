@@ -1,0 +1,310 @@
+"""Headless stand-ins for ComfyUI's core image nodes, with ComfyUI's names, inputs, outputs and
+pixels: LoadImage, SaveImage, PreviewImage, ImageScale, ImageScaleBy.
+
+Written from ComfyUI's behaviour (nodes.py, comfy/utils.py, folder_paths.py); only folders and
+file safety differ: every file read stays in the input folder and every file written in the
+output (or preview) folder, symlinks resolved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mimetypes
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from .. import comfy_bridge as bridge
+from .paths import UnsafePathError, inside
+
+MAX_RESOLUTION = 16384
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+CROP_METHODS = ["disabled", "center"]
+# Where PreviewImage writes headless (ComfyUI uses its temp folder, emptied at start-up).
+PREVIEW_DIR = Path(tempfile.gettempdir()) / "rt4ksr_preview"
+# ComfyUI's --disable-metadata; the runner's --no-metadata sets it.
+SAVE_METADATA = True
+
+
+def input_files() -> list[str]:
+    """Image files directly in the input folder, as LoadImage's list shows them."""
+    folder = bridge.directory("input")
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    return sorted(n for n in names if (mimetypes.guess_type(n, strict=False)[0] or "").startswith("image/"))
+
+
+def annotated_path(name: str) -> Path:
+    """ComfyUI's "name [input]" / "name [output]" annotations; plain names are in the input folder.
+    Raises UnsafePathError for names that lead out of that folder."""
+    folder = "input"
+    for kind in ("input", "output"):
+        if name.endswith(f" [{kind}]"):
+            name, folder = name[: -len(kind) - 3], kind
+    return inside(bridge.directory(folder), name)
+
+
+def _pillow(fn, arg):
+    """Retry with truncated images allowed, as ComfyUI's node_helpers.pillow does."""
+    try:
+        return fn(arg)
+    except (OSError, UnidentifiedImageError, ValueError):
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return fn(arg)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def pil_to_image_and_mask(img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoadImage's decoding of every frame: IMAGE (B x H x W x 3) and MASK (1 - alpha)."""
+    images, masks, size = [], [], None
+    for frame in ImageSequence.Iterator(img):
+        frame = _pillow(ImageOps.exif_transpose, frame)
+        if frame.mode == "I":
+            frame = frame.point(lambda v: v * (1 / 255))
+        rgb = frame.convert("RGB")
+        size = size or rgb.size
+        if rgb.size != size:
+            continue
+        images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,])
+        if "A" in frame.getbands():
+            alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+            mask = 1.0 - torch.from_numpy(alpha)
+        elif frame.mode == "P" and "transparency" in frame.info:
+            alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+            mask = 1.0 - torch.from_numpy(alpha)
+        else:
+            mask = torch.zeros((64, 64), dtype=torch.float32)
+        masks.append(mask.unsqueeze(0))
+    if len(images) > 1 and img.format != "MPO":
+        return torch.cat(images, dim=0), torch.cat(masks, dim=0)
+    return images[0], masks[0]
+
+
+class LoadImage:
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": (input_files(), {"image_upload": True})}}
+
+    def load_image(self, image):
+        path = annotated_path(image)
+        try:
+            with _pillow(Image.open, path) as img:
+                return pil_to_image_and_mask(img)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise ValueError(f"{image}: cannot read image: {error}") from error
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        try:
+            exists = annotated_path(image).is_file()
+        except UnsafePathError as error:
+            return str(error)
+        return True if exists else f"Invalid image file: {image}"
+
+
+def save_image_path(prefix: str, output_dir: Path, width: int, height: int):
+    """folder_paths.get_save_image_path: (folder, filename, counter, subfolder, prefix).
+
+    Tokens %width% %height% %year% %month% %day% %hour% %minute% %second% are filled in; the
+    counter continues after the highest `{filename}_NNNNN_` already in the folder.
+    """
+    if "%" in prefix:
+        now = time.localtime()
+        tokens = {"width": width, "height": height, "year": now.tm_year}
+        tokens.update({k: f"{getattr(now, 'tm_' + a):02}" for k, a in
+                       [("month", "mon"), ("day", "mday"), ("hour", "hour"), ("minute", "min"), ("second", "sec")]})
+        for key, value in tokens.items():
+            prefix = prefix.replace(f"%{key}%", str(value))
+    normal = os.path.normpath(prefix)
+    subfolder, filename = os.path.dirname(normal), os.path.basename(normal)
+    folder = inside(output_dir, subfolder) if subfolder else output_dir.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    counters = [0]
+    for name in os.listdir(folder):
+        head = name[: len(filename) + 1]
+        if os.path.normcase(head[:-1]) == os.path.normcase(filename) and head[-1:] == "_":
+            try:
+                counters.append(int(name[len(filename) + 1 :].split("_")[0]))
+            except ValueError:
+                counters.append(0)
+    return folder, filename, max(counters) + 1, subfolder, prefix
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """SaveImage's quantisation: scale by 255, clip, truncate (not round)."""
+    return np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+
+
+def png_metadata(prompt, extra_pnginfo) -> PngInfo | None:
+    if not SAVE_METADATA:
+        return None
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    for key, value in (extra_pnginfo or {}).items():
+        info.add_text(key, json.dumps(value))
+    return info
+
+
+def save_atomic(img: Image.Image, path: Path, **options) -> None:
+    """Save through a hidden temporary file and a rename, so a file that exists is complete."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        img.save(temporary, format=options.pop("format", "PNG"), **options)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+class SaveImage:
+    CATEGORY = "image"
+    DESCRIPTION = "Saves the input images to your ComfyUI output directory."
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    kind, prefix_append, compress_level = "output", "", 4
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def folder(self) -> Path:
+        return bridge.directory("output")
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        filename_prefix += self.prefix_append
+        folder, filename, counter, subfolder, _ = save_image_path(
+            filename_prefix, self.folder(), images[0].shape[1], images[0].shape[0]
+        )
+        results = []
+        for batch_number, image in enumerate(images):
+            name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+            img = Image.fromarray(to_uint8(image))
+            save_atomic(img, folder / name, pnginfo=png_metadata(prompt, extra_pnginfo),
+                        compress_level=self.compress_level)
+            results.append({"filename": name, "subfolder": subfolder, "type": self.kind})
+            counter += 1
+        return {"ui": {"images": results}}
+
+
+class PreviewImage(SaveImage):
+    compress_level = 1
+    kind = "temp"
+
+    def __init__(self):
+        self.prefix_append = "_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def folder(self) -> Path:
+        PREVIEW_DIR.mkdir(parents=True, exist_ok=True)
+        return PREVIEW_DIR
+
+
+def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """comfy.utils.lanczos: through 8-bit PIL images (truncating quantisation)."""
+    out = []
+    for sample in samples:
+        img = Image.fromarray(np.clip(255.0 * sample.movedim(0, -1).cpu().numpy(), 0, 255).astype(np.uint8))
+        img = img.resize((width, height), resample=Image.Resampling.LANCZOS)
+        out.append(torch.from_numpy(np.array(img).astype(np.float32) / 255.0).movedim(-1, 0))
+    return torch.stack(out).to(samples.device, samples.dtype)
+
+
+def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """comfy.utils.common_upscale for N x C x H x W samples and ImageScale's methods."""
+    if crop == "center":
+        old_w, old_h = samples.shape[-1], samples.shape[-2]
+        old_aspect, new_aspect = old_w / old_h, width / height
+        x = y = 0
+        if old_aspect > new_aspect:
+            x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+        samples = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
+    if method == "lanczos":
+        return lanczos(samples, width, height)
+    return torch.nn.functional.interpolate(samples, size=(height, width), mode=method)
+
+
+class ImageScale:
+    CATEGORY = "image/upscaling"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}
+        return {"required": {"image": ("IMAGE",), "upscale_method": (UPSCALE_METHODS,),
+                             "width": ("INT", dict(size)), "height": ("INT", dict(size)),
+                             "crop": (CROP_METHODS,)}}
+
+    def upscale(self, image, upscale_method, width, height, crop):
+        if width == 0 and height == 0:
+            return (image,)
+        samples = image.movedim(-1, 1)
+        if width == 0:
+            width = max(1, round(samples.shape[3] * height / samples.shape[2]))
+        elif height == 0:
+            height = max(1, round(samples.shape[2] * width / samples.shape[3]))
+        return (common_upscale(samples, width, height, upscale_method, crop).movedim(1, -1),)
+
+
+class ImageScaleBy:
+    CATEGORY = "image/upscaling"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "upscale_method": (UPSCALE_METHODS,),
+                             "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01})}}
+
+    def upscale(self, image, upscale_method, scale_by):
+        samples = image.movedim(-1, 1)
+        # Python's round (half to even), as ComfyUI.
+        width, height = round(samples.shape[3] * scale_by), round(samples.shape[2] * scale_by)
+        return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
+
+
+CORE_NODES = {
+    "LoadImage": LoadImage,
+    "SaveImage": SaveImage,
+    "PreviewImage": PreviewImage,
+    "ImageScale": ImageScale,
+    "ImageScaleBy": ImageScaleBy,
+}
+CORE_DISPLAY_NAMES = {
+    "LoadImage": "Load Image",
+    "SaveImage": "Save Image",
+    "PreviewImage": "Preview Image",
+    "ImageScale": "Upscale Image",
+    "ImageScaleBy": "Upscale Image By",
+}

@@ -1,0 +1,367 @@
+"""Running a validated API-format prompt with ComfyUI's semantics, headless.
+
+Only the nodes that output nodes (OUTPUT_NODE = True) depend on run, in dependency order, each
+once. Node inputs are lists, as in ComfyUI's execution.py: a node without INPUT_IS_LIST that
+receives lists is called once per element (shorter lists repeat their last element) and its
+results are collected into lists; OUTPUT_IS_LIST outputs are concatenated.
+
+Streaming: when one node is a stream source (it has `stream_items` and `stream_load`, like Load
+Image Folder) and nothing after it takes whole lists (INPUT_IS_LIST), the nodes that do not
+depend on it run once, then the nodes after it run once per item. Each item is computed
+exactly as ComfyUI would compute that element of the list, but only a few items are in memory:
+a bounded prefetch queue decodes ahead on a thread, and a bounded writer pool encodes behind.
+An item that fails (a corrupt file, say) is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import comfy_bridge as bridge
+from ..nodes import batch
+from .validate import input_spec, is_link, needed_nodes, output_nodes
+
+Event = Callable[[dict], None]
+
+
+class Interrupted(Exception):
+    """The user asked to stop (Ctrl-C)."""
+
+
+class NodeError(RuntimeError):
+    """A node raised; the message names the node."""
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 3),
+                "failures": [{"item": i, "error": e} for i, e in self.failures]}
+
+
+def topological(prompt: dict, node_ids: set[str]) -> list[str]:
+    """`node_ids` with every node after the nodes it takes inputs from (validated: no cycles)."""
+    order, placed = [], set()
+
+    def place(node_id):
+        if node_id in placed:
+            return
+        placed.add(node_id)
+        for value in prompt[node_id]["inputs"].values():
+            if is_link(value) and str(value[0]) in node_ids:
+                place(str(value[0]))
+        order.append(node_id)
+
+    for node_id in sorted(node_ids, key=lambda n: (len(n), n)):
+        place(node_id)
+    return order
+
+
+class Runner:
+    def __init__(self, prompt: dict, classes: dict, *, extra_pnginfo: dict | None = None, resume: bool = False,
+                 jobs: int = 2, prefetch: int = 2, on_event: Event | None = None):
+        self.prompt, self.classes = prompt, classes
+        self.extra_pnginfo = extra_pnginfo or None
+        self.resume, self.jobs, self.prefetch = resume, max(1, jobs), max(1, prefetch)
+        self.emit = on_event or (lambda event: None)
+        self.instances: dict[str, object] = {}
+        needed = needed_nodes(prompt, output_nodes(prompt, classes))
+        self.order = topological(prompt, needed)
+
+    # -- node calls, as ComfyUI's execution.py -------------------------------------------------
+
+    def _class(self, node_id):
+        return self.classes[self.prompt[node_id]["class_type"]]
+
+    def _input_data(self, node_id: str, cache: dict) -> dict:
+        cls = self._class(node_id)
+        spec = input_spec(cls)
+        data = {}
+        for name, value in self.prompt[node_id]["inputs"].items():
+            if is_link(value):
+                data[name] = cache[str(value[0])][value[1]]
+            elif name in spec:
+                data[name] = [value]
+        hidden = {"PROMPT": self.prompt, "EXTRA_PNGINFO": self.extra_pnginfo, "UNIQUE_ID": node_id}
+        for name, kind in (cls.INPUT_TYPES().get("hidden") or {}).items():
+            if kind in hidden:
+                data[name] = [hidden[kind]]
+        return data
+
+    def _run_node(self, node_id: str, cache: dict, ui: list) -> None:
+        cls = self._class(node_id)
+        obj = self.instances.setdefault(node_id, cls())
+        data = self._input_data(node_id, cache)
+        function = getattr(obj, cls.FUNCTION)
+        if getattr(cls, "INPUT_IS_LIST", False):
+            calls = [data]
+        elif not data:
+            calls = [{}]
+        else:
+            longest = max(len(v) for v in data.values())
+            calls = [{k: v[i if len(v) > i else -1] for k, v in data.items()} for i in range(longest)]
+        results = []
+        for arguments in calls:
+            _check_interrupt()
+            try:
+                result = function(**arguments)
+            except Exception as error:
+                # The engine stops on the interrupt flag with its own exception: still an interrupt.
+                _check_interrupt()
+                name = self.prompt[node_id]["class_type"]
+                raise NodeError(f"node {node_id} ({name}): {type(error).__name__}: {error}") from error
+            if isinstance(result, dict):
+                ui.append(result.get("ui") or {})
+                result = result.get("result", ())
+            results.append(tuple(result))
+        cache[node_id] = _merge(results, cls)
+
+    # -- whole runs -------------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        summary = Summary()
+        start = time.perf_counter()
+        sources = [n for n in self.order if hasattr(self._class(n), "stream_items")]
+        stream = sources[0] if len(sources) == 1 else None
+        after = self._dependants(stream) if stream else set()
+        if stream and any(getattr(self._class(n), "INPUT_IS_LIST", False) for n in after):
+            stream = None
+        try:
+            if stream:
+                self._run_stream(stream, after, summary)
+            else:
+                self._run_once(summary)
+        except Interrupted:
+            summary.interrupted = True
+        summary.seconds = time.perf_counter() - start
+        self.emit({"event": "summary", **summary.as_dict()})
+        return summary
+
+    def _dependants(self, source: str) -> set[str]:
+        after = set()
+        for node_id in self.order:
+            links = [str(v[0]) for v in self.prompt[node_id]["inputs"].values() if is_link(v)]
+            if any(o == source or o in after for o in links):
+                after.add(node_id)
+        return after
+
+    def _run_once(self, summary: Summary) -> None:
+        summary.total = 1
+        self.emit({"event": "start", "total": 1})
+        cache, ui = {}, []
+        try:
+            for node_id in self.order:
+                self._run_node(node_id, cache, ui)
+        except NodeError as error:
+            self._finish(summary, "workflow", str(error), [])
+            return
+        self._finish(summary, "workflow", None, _files(ui))
+
+    def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
+        static = {}
+        cls = self._class(source)
+        try:
+            for node_id in self.order:
+                if node_id != source and node_id not in after:
+                    self._run_node(node_id, static, [])
+            arguments = {k: v[0] for k, v in self._input_data(source, static).items()}
+            items = cls.stream_items(**arguments)
+        except (NodeError, OSError, ValueError) as error:
+            summary.total = 1
+            self._finish(summary, "workflow", str(error), [])
+            return
+        self.sinks = [n for n in self.order if n in after and getattr(self._class(n), "OUTPUT_NODE", False)]
+        summary.total = len(items)
+        self.emit({"event": "start", "total": len(items)})
+        downstream = [n for n in self.order if n in after]
+        decoded: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._prefetch, args=(cls, items, arguments, static, source, decoded, stop),
+                                  name="rt4ksr-prefetch", daemon=True)
+        pending: deque = deque()
+        with _Writers(self.jobs) as writers:
+            reader.start()
+            try:
+                for _ in items:
+                    item, outputs, error = decoded.get()
+                    _check_interrupt()
+                    if outputs is None and error is None:
+                        self._finish(summary, item, None, [], skipped=True)
+                        continue
+                    if error is None:
+                        error, files, futures = self._run_item(source, outputs, static, downstream, writers)
+                        error = error and f"{item}: {error}"
+                        if error is None:
+                            pending.append((item, files, futures))
+                            self._drain(pending, summary, block=False)
+                            continue
+                    self._finish(summary, item, error, [])
+            finally:
+                stop.set()
+                _empty(decoded)
+                self._drain(pending, summary, block=True)
+
+    def _prefetch(self, cls, items, arguments, static, source, decoded, stop) -> None:
+        """Decode items in order ahead of the model; (item, None, None) marks a resume skip."""
+        for item in items:
+            if stop.is_set():
+                return
+            outputs = error = None
+            try:
+                if not (self.resume and self._complete(item, source, static)):
+                    outputs = cls.stream_load(item, **arguments)
+            except Exception as failure:  # noqa: BLE001 - reported as this item's failure
+                error = f"{item}: {failure}"
+            while not stop.is_set():
+                try:
+                    decoded.put((item, outputs, error), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def _complete(self, item: str, source: str, static: dict) -> bool:
+        """Every output node after the source says the item's output exists (--resume)."""
+        if not self.sinks:
+            return False
+        for node_id in self.sinks:
+            check = getattr(self._class(node_id), "output_complete", None)
+            if check is None:
+                return False
+            known = {}
+            for name, value in self.prompt[node_id]["inputs"].items():
+                if not is_link(value):
+                    known[name] = value
+                elif str(value[0]) == source and value[1] == batch.PATH_SLOT:
+                    known[name] = item
+                elif str(value[0]) in static:
+                    known[name] = static[str(value[0])][value[1]][0]
+            try:
+                if not check(**known):
+                    return False
+            except (TypeError, ValueError):
+                return False
+        return True
+
+    def _run_item(self, source, outputs, static, downstream, writers):
+        """(error or None, files written, write futures) for one streamed item."""
+        cache, ui = dict(static), []
+        cache[source] = list(outputs)
+        token = batch.WRITER.set(writers.submit)
+        writers.collect()
+        try:
+            for node_id in downstream:
+                self._run_node(node_id, cache, ui)
+        except NodeError as error:
+            return str(error), [], writers.collect()
+        finally:
+            batch.WRITER.reset(token)
+        return None, _files(ui), writers.collect()
+
+    def _drain(self, pending: deque, summary: Summary, block: bool) -> None:
+        """Report items, in order, whose writes have finished."""
+        while pending and (block or all(f.done() for f in pending[0][2])):
+            item, files, futures = pending.popleft()
+            errors = [str(f.exception()) for f in futures if f.exception() is not None]
+            self._finish(summary, item, f"{item}: {errors[0]}" if errors else None, files)
+
+    def _finish(self, summary: Summary, item: str, error: str | None, files: list[str], skipped=False) -> None:
+        if skipped:
+            summary.skipped += 1
+            status = "skipped"
+        elif error:
+            summary.failed += 1
+            summary.failures.append((item, error))
+            status = "failed"
+        else:
+            summary.done += 1
+            summary.outputs.extend(files)
+            status = "done"
+        event = {"event": "item", "item": item, "status": status, "outputs": files}
+        if error:
+            event["error"] = error
+        self.emit(event)
+
+
+class _Writers:
+    """A pool of encoder threads with a bounded backlog: submit blocks while 2 x jobs writes
+    are pending, so finished images never pile up in memory."""
+
+    def __init__(self, jobs: int):
+        self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="rt4ksr-writer")
+        self.slots = threading.BoundedSemaphore(2 * jobs)
+        self.recent: list[Future] = []
+
+    def submit(self, job) -> None:
+        self.slots.acquire()
+        future = self.pool.submit(job)
+        future.add_done_callback(lambda _: self.slots.release())
+        self.recent.append(future)
+
+    def collect(self) -> list[Future]:
+        """The futures submitted since the last call."""
+        recent, self.recent = self.recent, []
+        return recent
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True)
+
+
+def _merge(results: list[tuple], cls) -> list[list]:
+    """Per output, the values of every call; OUTPUT_IS_LIST outputs are concatenated."""
+    count = len(getattr(cls, "RETURN_TYPES", ()))
+    is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * count)
+    merged = []
+    for index in range(count):
+        if index < len(is_list) and is_list[index]:
+            merged.append([v for r in results for v in r[index]])
+        else:
+            merged.append([r[index] for r in results])
+    return merged
+
+
+def _files(ui: list[dict]) -> list[str]:
+    output = bridge.directory("output")
+    files = []
+    for entry in ui:
+        for image in entry.get("images", []):
+            if image.get("type") == "output":
+                files.append(str(output / image.get("subfolder", "") / image["filename"]))
+    return files
+
+
+def _empty(decoded: queue.Queue) -> None:
+    while True:
+        try:
+            decoded.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _check_interrupt() -> None:
+    if bridge.headless.interrupt.is_set():
+        raise Interrupted
+
