@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import checkpoint_path, shared_path
 from rt4ksr_nodes import evaluate as ev
 from rt4ksr_nodes.imresize import imresize_uint8
-from rt4ksr_nodes.metrics import psnr
+from rt4ksr_nodes.metrics import measure, psnr
 
 
 def smooth_image(height, width, seed):
@@ -41,6 +41,24 @@ def test_model_beats_bicubic_on_set5_x2(fused_models):
     gain = by_method["rt4ksr_x2"]["psnr_y"] - by_method["bicubic"]["psnr_y"]
     assert gain >= 1.5, f"RT4KSR only {gain:.2f} dB over bicubic (Y) on Set5 x2"
     assert by_method["rt4ksr_x2"]["ssim_y"] > by_method["bicubic"]["ssim_y"]
+
+
+# Bicubic rows of the SR literature's tables (e.g. EDSR, RCAN, SwinIR): MATLAB imresize down and
+# up again, HR mod-cropped to the scale, Y PSNR/SSIM with a border of `scale` pixels removed.
+LITERATURE_SET5_BICUBIC = {2: (33.66, 0.9299), 3: (30.39, 0.8682)}
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_matlab_bicubic_round_trip_reproduces_the_literature_on_set5(scale):
+    scores = []
+    for path in ev.find_benchmark(shared_path("images", "Set5")).hr_paths:
+        hr = ev.load_rgb8(path)
+        hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+        up = imresize_uint8(imresize_uint8(hr, Fraction(1, scale)), scale)
+        scores.append(measure(up, hr, crop_border=scale))
+    psnr_y, ssim_y = LITERATURE_SET5_BICUBIC[scale]
+    assert np.mean([s["psnr_y"] for s in scores]) == pytest.approx(psnr_y, abs=0.05)
+    assert np.mean([s["ssim_y"] for s in scores]) == pytest.approx(ssim_y, abs=0.002)
 
 
 @pytest.mark.parametrize("scale", [2, 3])
