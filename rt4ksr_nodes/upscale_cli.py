@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from .engine import ALPHA_MODES, UpscaleError, upscale
-from .imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
+from .imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    Picture,
+    read_image,
+    write_image,
+)
 from .model import CheckpointError, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def _jobs(inputs: list[Path], output: Path | None, scale: int) -> tuple[list[tuple[Path, Path]], int]:
+def _jobs(
+    inputs: list[Path], output: Path | None, scale: int
+) -> tuple[list[tuple[Path, Path]], int]:
     """(source, destination) pairs, and how many inputs were unusable (reported on stderr)."""
     sources, failures = [], 0
     for item in inputs:

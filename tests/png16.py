@@ -15,7 +15,8 @@ def write(path: Path, samples: np.ndarray) -> None:
     raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     header = struct.pack(">IIBBBBB", width, height, 16, 6 if channels == 4 else 2, 0, 0, 0)
     path.write_bytes(

@@ -42,7 +42,9 @@ def test_out_of_memory_halves_the_tile_and_keeps_finished_tiles(fused_models, er
     calls, updates = [], []
     # Windows of 128-px cores: 96 x 144, then 96 x 160 (fails: > 14000 px), then 96 x 60.
     wrapped = Recording(model, calls.append, limit=14000, error=error)
-    out = upscale(wrapped, image, tile_size=128, device="cpu", progress=lambda *a: updates.append(a))
+    out = upscale(
+        wrapped, image, tile_size=128, device="cpu", progress=lambda *a: updates.append(a)
+    )
     assert (out - reference(model, image)).abs().max().item() <= 1e-5
     accepted = [call for call in calls if call[0] != "oom"]
     assert calls[:2] == [(96, 144), ("oom", 96, 160)]
@@ -86,7 +88,9 @@ def test_automatic_tile_follows_free_memory(fused_models, monkeypatch):
 def test_progress_counts_every_tile_of_the_batch_and_alpha_passes(fused_models):
     image = torch.rand(2, 64, 96, 4, generator=torch.Generator().manual_seed(0))
     updates = []
-    upscale(fused_models[2], image, tile_size=32, device="cpu", progress=lambda *a: updates.append(a))
+    upscale(
+        fused_models[2], image, tile_size=32, device="cpu", progress=lambda *a: updates.append(a)
+    )
     # 2 x 3 tiles per pass, a colour and an alpha pass per image, 2 images.
     assert updates == [(done, 24) for done in range(1, 25)]
 

@@ -107,7 +107,8 @@ def test_rgba_and_gray_alpha_kept(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     Image.fromarray(rgba[..., [0, 3]]).save(tmp_path / "la.png")
     for name, mode in [("rgba", "RGBA"), ("la", "LA")]:
-        assert main(["-i", str(tmp_path / f"{name}.png"), "--scale", "2", "--alpha", "bicubic"]) == 0
+        source = str(tmp_path / f"{name}.png")
+        assert main(["-i", source, "--scale", "2", "--alpha", "bicubic"]) == 0
         with Image.open(tmp_path / f"{name}--2x.png") as out:
             assert out.mode == mode and out.size == (24, 20)
             assert (np.asarray(out)[..., -1] == 200).all()

@@ -1,0 +1,71 @@
+"""Benchmarks: `python -m rt4ksr_nodes.bench <subcommand>`. Subcommands register in COMMANDS.
+
+engine: the bare fused model against upscale(), whole frame and 256-px tiles (a tile's core;
+each interior side adds 16 px of context), on synthetic frames. Prints medians and overheads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .engine import upscale
+from .model import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINE_CASES = ((2, 1920, 1080), (3, 1280, 720))
+
+
+def _median_ms(run, repeat: int) -> float:
+    run()  # warm-up: kernel selection, model preparation
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def engine(args: argparse.Namespace) -> None:
+    print(f"device cpu, fp32, {torch.get_num_threads()} threads, median of {args.repeat} runs")
+    for scale, width, height in ENGINE_CASES:
+        model = load_model(Path(args.weights) / f"rt4ksr_x{scale}.pth")
+        frame = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
+        bare = model.to(memory_format=torch.channels_last)
+        padded = frame.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+        def model_only():
+            with torch.inference_mode():
+                bare(padded)
+
+        base = _median_ms(model_only, args.repeat)
+        print(f"x{scale} {width}x{height}: model only {base:8.1f} ms")
+        for label, tile in (("whole frame", 0), ("256-px tiles", 256)):
+            ms = _median_ms(
+                lambda: upscale(model, frame, tile_size=tile, precision="fp32", device="cpu"),
+                args.repeat,
+            )
+            print(f"   engine, {label:12s} {ms:8.1f} ms  overhead {100 * (ms / base - 1):+6.1f}%")
+
+
+COMMANDS = {"engine": engine}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rt4ksr_nodes.bench")
+    commands = parser.add_subparsers(dest="command", required=True)
+    engine_parser = commands.add_parser("engine", help="engine overhead over the bare model")
+    engine_parser.add_argument("--repeat", type=int, default=3)
+    engine_parser.add_argument(
+        "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
+    )
+    args = parser.parse_args(argv)
+    COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
