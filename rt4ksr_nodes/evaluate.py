@@ -223,7 +223,8 @@ def settings(args, models: dict[int, list]) -> dict:
         "crop_border": "scale" if args.crop_border is None else args.crop_border,
         "y": "16 + ({} R + {} G + {} B) / 255 on 0..255".format(*y_weights)
              + (" (upstream: BT.601 BGR weights applied to RGB)" if args.upstream_y else " (BT.601)"),
-        "lr": "MATLAB bicubic imresize of HR mod-cropped to 2*scale, float64, rounded once to uint8",
+        "lr": "LR_bicubic_x{s} file where given (lr_source in the CSV), else MATLAB bicubic "
+              "imresize of HR mod-cropped to 2*scale, float64, rounded once to uint8",
         "jpeg": {"quality": JPEG_QUALITY, "subsampling": JPEG_SUBSAMPLING, "encoder": "Pillow"},
         "models": {str(s): [m.description for _, m in ms] for s, ms in models.items()},
     }
