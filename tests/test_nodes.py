@@ -210,3 +210,20 @@ def test_upscale_to_size_exact_targets(fused_models):
     frame = torch.rand(1, 270, 480, 3)  # x8 in three passes, exactly UHD
     (uhd,) = node.upscale_to_size(model, frame, "3840x2160 (UHD 4K)", 0, 0, "crop", 0, "fp32")
     assert uhd.shape == (1, 2160, 3840, 3)
+
+
+def test_nodes_work_under_inference_mode_as_in_comfyui(models_dir):
+    # ComfyUI executes every node under torch.inference_mode(): the loaded model then holds
+    # inference tensors, which behave differently (no version counters, no in-place outside).
+    shutil.copy(checkpoint_path(2), models_dir / "rt4ksr" / "x2.pth")
+    image = image_of(crop=32)
+    with torch.inference_mode():
+        (model,) = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]().load("x2.pth", False)
+        (fused,) = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]().fuse(model, "")
+        result, _ = NODE_CLASS_MAPPINGS["RT4KSRUpscale"]().upscale(fused, image, 0, "auto")
+        (sized,) = NODE_CLASS_MAPPINGS["RT4KSRUpscaleToSize"]().upscale_to_size(
+            fused, image, "custom", 64, 64, "crop", 0, "auto")
+    with torch.no_grad():
+        expected = model(image.permute(0, 3, 1, 2)).clamp(0, 1).permute(0, 2, 3, 1)
+    assert (result - expected).abs().max().item() <= 1e-5
+    assert torch.equal(sized, result)

@@ -19,7 +19,7 @@ def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     The user's model is never touched. In-place weight updates (load_state_dict) bump the
     parameters' version counters, which invalidates the cached copy.
     """
-    versions = tuple(parameter._version for parameter in model.parameters())
+    versions = tuple(_version(parameter) for parameter in model.parameters())
     per_model = _cache.setdefault(model, {})
     cached = per_model.get((device, dtype))
     if cached is not None and cached[0] == versions:
@@ -29,3 +29,9 @@ def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
         net = net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     per_model[(device, dtype)] = (versions, net)
     return net
+
+
+def _version(parameter: torch.Tensor) -> tuple[int, int]:
+    # ComfyUI runs nodes under inference_mode, so a model loaded there holds inference tensors,
+    # which have no version counter (and cannot be updated in place outside inference_mode).
+    return parameter.data_ptr(), -1 if parameter.is_inference() else parameter._version

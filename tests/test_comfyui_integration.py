@@ -1,0 +1,128 @@
+"""The pack inside a real ComfyUI server: /object_info lists the nodes, the x2 example workflow
+runs, and the saved PNG has the engine's pixels.
+
+Skipped unless COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON: the Python with its
+requirements; default: this one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, checkpoint_path
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run the server test"
+)
+WORKFLOW = ROOT / "workflows" / "rt4ksr_x2_1080p_to_4k.api.json"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http(url: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "rt4ksr_nodes").symlink_to(ROOT, target_is_directory=True)
+    (base / "input").mkdir()
+    for image in (ROOT / "workflows" / "inputs").iterdir():
+        shutil.copy(image, base / "input")
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        RT4KSR_WEIGHTS_DIR=str(base / "weights"),  # the released model arrives on first use...
+        RT4KSR_WEIGHTS_FROM=str(checkpoint_path(2).parent),  # ...verified, from offline files
+    )
+    log = open(base / "server.log", "w")
+    process = subprocess.Popen(
+        [
+            os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu",
+            "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
+            "--disable-auto-launch", "--database-url", "sqlite:///:memory:",
+        ],
+        cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            http(url + "/system_stats")
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail("ComfyUI did not start:\n" + (base / "server.log").read_text()[-4000:])
+            time.sleep(1)
+    yield url, base
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def test_object_info_lists_the_nodes(server):
+    url, base = server
+    info = http(url + "/object_info")
+    expected = {
+        "RT4KSRModelLoader": "Load RT4KSR Model",
+        "RT4KSRReparameterize": "Reparameterize RT4KSR",
+        "RT4KSRUpscale": "Upscale Image (RT4KSR)",
+        "RT4KSRUpscaleToSize": "Upscale Image to Size (RT4KSR)",
+    }
+    for name, display in expected.items():
+        assert info[name]["display_name"] == display
+        assert info[name]["category"] == "image/upscaling/RT4KSR"
+    loader = info["RT4KSRModelLoader"]["input"]["required"]
+    assert {"rt4ksr_x2.pth", "rt4ksr_x3.pth"} <= set(loader["model_name"][0])
+    assert info["RT4KSRUpscale"]["output"] == ["IMAGE", "MASK"]
+    assert list(info["RT4KSRUpscale"]["input"]["optional"]) == ["mask"]
+
+
+def test_x2_example_matches_the_engine(server):
+    url, base = server
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
+    deadline = time.time() + 300
+    while not (history := http(f"{url}/history/{prompt_id}")):
+        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
+        time.sleep(1)
+    entry = history[prompt_id]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = entry["outputs"]["4"]["images"][0]
+    path = base / "output" / saved["subfolder"] / saved["filename"]
+    served = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+    from rt4ksr_nodes import load_model, upscale
+
+    source = np.asarray(Image.open(base / "input" / prompt["1"]["inputs"]["image"]).convert("RGB"))
+    image = torch.from_numpy(source.astype(np.float32) / 255.0).unsqueeze(0)
+    result = upscale(load_model(checkpoint_path(2)), image)[0].numpy()
+    ours = np.clip(255.0 * result, 0, 255).astype(np.uint8).astype(np.int16)  # SaveImage's rule
+    assert served.shape == ours.shape == (2160, 3840, 3)
+    difference = np.abs(served - ours)
+    assert difference.max() <= 1
+    assert (difference == 0).mean() >= 0.999
