@@ -206,17 +206,13 @@ class Runner:
                 for _ in items:
                     item, outputs, error = decoded.get()
                     _check_interrupt()
-                    if outputs is None and error is None:
-                        self._finish(summary, item, None, [], skipped=True)
-                        continue
-                    if error is None:
+                    files, futures = [], []
+                    if outputs is not None and error is None:
                         error, files, futures = self._run_item(source, outputs, static, downstream, writers)
                         error = error and f"{item}: {error}"
-                        if error is None:
-                            pending.append((item, files, futures))
-                            self._drain(pending, summary, block=False)
-                            continue
-                    self._finish(summary, item, error, [])
+                    # Reported in order, once the item's writes are done; a skip has no outputs.
+                    pending.append((item, error, files, futures, outputs is None and error is None))
+                    self._drain(pending, summary, block=False)
             finally:
                 stop.set()
                 _empty(decoded)
@@ -280,10 +276,10 @@ class Runner:
 
     def _drain(self, pending: deque, summary: Summary, block: bool) -> None:
         """Report items, in order, whose writes have finished."""
-        while pending and (block or all(f.done() for f in pending[0][2])):
-            item, files, futures = pending.popleft()
-            errors = [str(f.exception()) for f in futures if f.exception() is not None]
-            self._finish(summary, item, f"{item}: {errors[0]}" if errors else None, files)
+        while pending and (block or all(f.done() for f in pending[0][3])):
+            item, error, files, futures, skipped = pending.popleft()
+            errors = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]
+            self._finish(summary, item, error or (errors[0] if errors else None), files, skipped)
 
     def _finish(self, summary: Summary, item: str, error: str | None, files: list[str], skipped=False) -> None:
         if skipped:

@@ -1,0 +1,120 @@
+"""python -m rt4ksr_nodes.run: formats in, overrides, validation output, JSON events, exit codes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, shared_path
+from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
+from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.runner import cli, core_nodes
+
+
+@pytest.fixture(autouse=True)
+def restore_globals(monkeypatch):
+    monkeypatch.setattr(core_nodes, "SAVE_METADATA", core_nodes.SAVE_METADATA)
+    monkeypatch.setattr(bridge, "torch_device", bridge.torch_device)
+
+
+def main(folders, *args):
+    return cli.main([*map(str, args), "--input-dir", str(folders[0]), "--output-dir", str(folders[1])])
+
+
+def events(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_shared_editor_workflow_runs_with_a_title_override(folders, capsys):
+    write_png(folders[0] / "mine.png", (8, 6), mode="RGBA")
+    code = main(folders, shared_path("workflows", "scale_ui_workflow.json"), "--json",
+                "--set", "Load Image.image=mine.png", "--set", "2.scale_by=3")
+    assert code == 0
+    saved = folders[1] / "harness" / "scaled_00001_.png"
+    image = Image.open(saved)
+    assert image.size == (24, 18)
+    assert json.loads(image.text["workflow"]) == json.loads(shared_path("workflows", "scale_ui_workflow.json").read_text())
+    assert json.loads(image.text["prompt"])["1"]["inputs"]["image"] == "mine.png"
+    assert [e["event"] for e in events(capsys)] == ["start", "item", "summary"]
+    # The PNG is itself a workflow: running it again gives the next file.
+    assert main(folders, saved) == 0
+    assert (folders[1] / "harness" / "scaled_00002_.png").is_file()
+
+
+def test_invalid_workflow_lists_every_problem_and_exits_2(folders, tmp_path, capsys):
+    prompt = scale_api(image="nope.png")
+    prompt["2"]["inputs"]["scale_by"] = 99
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(prompt))
+    assert main(folders, path, "--json") == 2
+    problems = events(capsys)
+    assert [(p["node"], p["class_type"], p["input"], p["kind"]) for p in problems] == [
+        ("1", "LoadImage", "image", "rejected_value"), ("2", "ImageScaleBy", "scale_by", "out_of_range")]
+    assert main(folders, path) == 2
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "node 2 (ImageScaleBy), input 'scale_by'" in err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("9.image=a.png", "no node with id or title '9'"),
+    ("1.colour=red", "has no input 'colour'"),
+    ("1image", "expected NODE.INPUT=VALUE"),
+])
+def test_bad_overrides_are_usage_errors(folders, tmp_path, capsys, override, message):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(scale_api()))
+    assert main(folders, path, "--set", override) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_validate_only_runs_nothing(folders, tmp_path):
+    write_png(folders[0] / "a.png")
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps({"prompt": scale_api()}))
+    assert main(folders, path, "--validate-only") == 0
+    assert not list(folders[1].iterdir())
+
+
+def test_some_failed_exits_1_and_resume_exits_0(folders, tmp_path, capsys):
+    write_png(folders[0] / "a.png")
+    (folders[0] / "b.png").write_bytes(b"garbage")
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(batch_api()))
+    assert main(folders, path, "--jobs", "3") == 1
+    assert "failed: b.png" in capsys.readouterr().err
+    (folders[0] / "b.png").unlink()
+    write_png(folders[0] / "b.png")
+    assert main(folders, path, "--resume", "--json") == 0
+    summary = events(capsys)[-1]
+    assert (summary["done"], summary["skipped"], summary["failed"]) == (1, 1, 0)
+
+
+def test_usage_errors(folders, tmp_path, capsys):
+    assert main(folders, tmp_path / "missing.json") == 2
+    assert main(folders, shared_path("workflows", "scale_api_prompt.json"), "--jobs", "0") == 2
+    assert main(folders, shared_path("workflows", "scale_api_prompt.json"), "--device", "warp9") == 2
+
+
+def test_ctrl_c_sets_the_flag_then_stops_at_once(folders):
+    out = cli._Output(as_json=True)
+    with cli._interrupt_handler(out):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert bridge.headless.interrupt.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_module_entry_point_with_default_folders(tmp_path):
+    """Defaults: ./input and ./output relative to the working directory."""
+    write_png(tmp_path / "input" / "a.png")
+    (tmp_path / "wf.json").write_text(json.dumps(scale_api()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "rt4ksr_nodes.run", "wf.json"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "done 1, skipped 0, failed 0 of 1" in result.stderr
+    assert (tmp_path / "output" / "out" / "x_00001_.png").is_file()

@@ -1,0 +1,216 @@
+"""Execution: ComfyUI's list semantics, streamed folder batches with bounded memory, resume after
+an interrupt, a corrupt file among good ones, and outputs kept inside the output folder."""
+
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
+from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.nodes.batch import RT4KSRLoadImageFolder
+from rt4ksr_nodes.runner import registry
+from rt4ksr_nodes.runner.execute import Runner
+from rt4ksr_nodes.runner.validate import validate
+
+calls = []
+
+
+class Numbers:
+    RETURN_TYPES = ("INT", "INT")
+    OUTPUT_IS_LIST = (True, False)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"count": ("INT", {"default": 3})}}
+
+    def run(self, count):
+        calls.append(("Numbers", count))
+        return (list(range(count)), 100)
+
+
+class Add:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"a": ("INT",), "b": ("INT",)}}
+
+    def run(self, a, b):
+        calls.append(("Add", a, b))
+        return (a + b,)
+
+
+class Collect:
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    INPUT_IS_LIST = True
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"values": ("INT",)}}
+
+    def run(self, values):
+        calls.append(("Collect", values))
+        return {"ui": {"values": values}}
+
+
+class Watch:
+    """IMAGE pass-through recording how many loaded images are alive, and interrupting on cue."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    alive: list = []
+    peak = 0
+    seen = 0
+    stop_at = None
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+
+    def run(self, image):
+        Watch.seen += 1
+        Watch.peak = max(Watch.peak, sum(ref() is not None for ref in Watch.alive))
+        if Watch.seen == Watch.stop_at:
+            bridge.headless.interrupt.set()
+        return (image,)
+
+
+class WatchedFolder(RT4KSRLoadImageFolder):
+    @classmethod
+    def stream_load(cls, item, folder, pattern, recursive):
+        outputs = super().stream_load(item, folder, pattern, recursive)
+        Watch.alive.append(weakref.ref(outputs[0][0]))
+        return outputs
+
+
+@pytest.fixture
+def test_nodes():
+    nodes = {"Numbers": Numbers, "Add": Add, "Collect": Collect, "Watch": Watch, "WatchedFolder": WatchedFolder}
+    for name, cls in nodes.items():
+        registry.register(name, cls)
+    calls.clear()
+    Watch.alive, Watch.peak, Watch.seen, Watch.stop_at = [], 0, 0, None
+    yield
+    for name in nodes:
+        registry.unregister(name)
+
+
+def run(prompt, **options):
+    classes = registry.node_classes()
+    assert validate(prompt, classes) == []
+    return Runner(prompt, classes, **options).run()
+
+
+def test_list_semantics_broadcast_and_collect(test_nodes):
+    events = []
+    prompt = {
+        "1": {"class_type": "Numbers", "inputs": {"count": 3}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 1]}},
+        "3": {"class_type": "Collect", "inputs": {"values": ["2", 0]}},
+        "4": {"class_type": "Add", "inputs": {"a": ["1", 1], "b": ["1", 1]}},  # feeds no output: never runs
+    }
+    summary = run(prompt, on_event=events.append)
+    # Add is called per element, the single value 100 repeated; Collect gets the whole list once.
+    assert calls == [("Numbers", 3), ("Add", 0, 100), ("Add", 1, 100), ("Add", 2, 100), ("Collect", [100, 101, 102])]
+    assert summary.done == 1 and [e["event"] for e in events] == ["start", "item", "summary"]
+
+
+def test_single_image_workflow(folders):
+    write_png(folders[0] / "a.png", (10, 6))
+    summary = run(scale_api(), extra_pnginfo={"workflow": {"nodes": []}})
+    out = folders[1] / "out" / "x_00001_.png"
+    assert summary.done == 1 and summary.outputs == [str(out)]
+    assert Image.open(out).size == (20, 12) and "workflow" in Image.open(out).text
+
+
+def test_failing_node_fails_the_run_with_node_and_file(folders):
+    (folders[0] / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    summary = run(scale_api())
+    assert summary.failed == 1
+    assert "node 1 (LoadImage)" in summary.failures[0][1] and "a.png" in summary.failures[0][1]
+
+
+def test_folder_batch_streams_with_bounded_memory(folders, test_nodes):
+    for i in range(200):
+        write_png(folders[0] / "many" / f"{i:03}.png", seed=i)
+    prompt = batch_api(folder="many")
+    prompt["1"]["class_type"] = "WatchedFolder"
+    prompt["4"] = {"class_type": "Watch", "inputs": {"image": ["2", 0]}}
+    prompt["3"]["inputs"]["images"] = ["4", 0]
+    summary = run(prompt, jobs=2, prefetch=2)
+    assert (summary.total, summary.done, summary.failed) == (200, 200, 0)
+    assert Watch.peak <= 8, f"{Watch.peak} decoded images alive at once"
+    written = sorted(p.name for p in (folders[1] / "many").iterdir()) if (folders[1] / "many").exists() else \
+        sorted(p.name for p in folders[1].iterdir())
+    assert written == [f"{i:03}--2x.png" for i in range(200)]
+    assert np.asarray(Image.open(folders[1] / "000--2x.png")).shape == (64, 64, 3)
+
+
+def test_batch_keeps_relative_paths_and_formats(folders):
+    write_png(folders[0] / "set" / "a.png")
+    write_png(folders[0] / "set" / "sub" / "b.png", mode="RGBA")
+    (folders[0] / "set" / "sub" / "notes.txt").write_text("x")
+    prompt = batch_api(folder="set", recursive=True, fmt="webp", template="{stem}_{width}", scale=1)
+    prompt["3"]["inputs"]["mask"] = ["1", 1]  # alpha comes back from the mask
+    summary = run(prompt)
+    assert summary.done == 2
+    assert sorted(p.relative_to(folders[1]).as_posix() for p in folders[1].rglob("*.*")) == [
+        "a_32.webp", "sub/b_32.webp"]
+    assert Image.open(folders[1] / "a_32.webp").mode == "RGB"
+    assert Image.open(folders[1] / "sub" / "b_32.webp").mode == "RGBA"
+
+
+def test_corrupt_image_fails_alone(folders):
+    for name in ("a", "b", "d"):
+        write_png(folders[0] / f"{name}.png")
+    (folders[0] / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    events = []
+    summary = run(batch_api(), on_event=events.append)
+    assert (summary.done, summary.failed) == (3, 1)
+    item, error = summary.failures[0]
+    assert item == "c.png" and "c.png" in error and "cannot read image" in error
+    assert sorted(p.name for p in folders[1].iterdir()) == ["a--2x.png", "b--2x.png", "d--2x.png"]
+    assert [e["item"] for e in events if e["event"] == "item"] == ["a.png", "b.png", "c.png", "d.png"]
+
+
+def test_interrupted_run_resumes_without_redoing(folders, test_nodes):
+    for i in range(12):
+        write_png(folders[0] / f"{i:02}.png", seed=i)
+    prompt = batch_api()
+    prompt["4"] = {"class_type": "Watch", "inputs": {"image": ["2", 0]}}
+    prompt["3"]["inputs"]["images"] = ["4", 0]
+    Watch.stop_at = 5
+    first = run(prompt)
+    assert first.interrupted and first.done == 4 and first.failed == 0  # the 5th item was dropped
+    done = {p.name: p.stat().st_mtime_ns for p in folders[1].iterdir()}
+    assert sorted(done) == [f"{i:02}--2x.png" for i in range(4)]  # nothing half-written
+    bridge.headless.interrupt.clear()
+    Watch.seen, Watch.stop_at = 0, None
+    second = run(prompt, resume=True)
+    assert (second.skipped, second.done, second.failed, second.interrupted) == (4, 8, 0, False)
+    assert Watch.seen == 8  # skipped items were not even computed
+    assert all(folders[1].joinpath(n).stat().st_mtime_ns == t for n, t in done.items())
+    assert len(list(folders[1].iterdir())) == 12
+
+
+@pytest.mark.parametrize("field,value", [("name_template", "../../{stem}"), ("subfolder", ".."),
+                                         ("name_template", "/tmp/{stem}")])
+def test_batch_outputs_stay_inside_output(folders, field, value):
+    write_png(folders[0] / "a.png")
+    prompt = batch_api()
+    prompt["3"]["inputs"][field] = value
+    summary = run(prompt)
+    assert summary.failed == 1 and "not allowed" in summary.failures[0][1]
+    assert not any(folders[1].parent.glob("*.png")) and not list(folders[1].iterdir())
+
+
+def test_batch_loader_refuses_folder_outside_input(folders):
+    summary = run(batch_api(folder="../"))
+    assert summary.failed == 1 and "outside" in summary.failures[0][1]
