@@ -153,6 +153,13 @@ def load_models(paths: list[Path] | None, scales: list[int] | None, device: torc
     return {scale: models[scale] for scale in scales}
 
 
+def score_methods(lr, hr, scale, scale_models, border, upstream_y, device) -> list[tuple]:
+    """[(method, scores)] for the bicubic baseline and every model of this scale."""
+    outputs = [(BICUBIC, bicubic_upscale(lr, scale, device))]
+    outputs += [(label, model_upscale(model, lr, device)) for label, model in scale_models]
+    return [(method, measure(sr, hr, border, upstream_y)) for method, sr in outputs]
+
+
 def evaluate(
     benchmarks: list[Benchmark],
     models: dict[int, list],
@@ -165,7 +172,8 @@ def evaluate(
     """One row per set x scale x degradation x method x image."""
     rows = []
     total = sum(len(b.hr_paths) for b in benchmarks) * len(models) * len(degradations)
-    with tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
+    bar = tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, disable=not progress)
+    with bar:
         for bench in benchmarks:
             for hr_path in bench.hr_paths:
                 hr_full = load_rgb8(hr_path)
@@ -175,16 +183,16 @@ def evaluate(
                     border = scale if crop_border is None else crop_border
                     for degradation in degradations:
                         lr, hr = make_pair(hr_full, scale, degradation, given_lr)
-                        outputs = [(BICUBIC, bicubic_upscale(lr, scale, device))]
-                        outputs += [(label, model_upscale(m, lr, device)) for label, m in scale_models]
-                        for method, sr in outputs:
-                            rows.append({
-                                "set": bench.name, "scale": scale, "degradation": degradation,
-                                "method": method, "image": hr_path.stem,
-                                "hr_height": hr.shape[0], "hr_width": hr.shape[1],
-                                "lr_source": "file" if lr_path else "generated",
-                                **measure(sr, hr, border, upstream_y),
-                            })
+                        image = {
+                            "set": bench.name, "scale": scale, "degradation": degradation,
+                            "image": hr_path.stem, "hr_height": hr.shape[0],
+                            "hr_width": hr.shape[1],
+                            "lr_source": "file" if lr_path else "generated",
+                        }
+                        for method, scores in score_methods(
+                            lr, hr, scale, scale_models, border, upstream_y, device
+                        ):
+                            rows.append({**image, "method": method, **scores})
                         bar.update()
     return rows
 
@@ -193,7 +201,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Mean of each metric over the images of every set x scale x degradation x method."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["set"], row["scale"], row["degradation"], row["method"]), []).append(row)
+        key = (row["set"], row["scale"], row["degradation"], row["method"])
+        groups.setdefault(key, []).append(row)
     return [
         {"set": key[0], "scale": key[1], "degradation": key[2], "method": key[3],
          "images": len(group), **{m: float(np.mean([r[m] for r in group])) for m in METRICS}}
@@ -203,8 +212,10 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def format_table(summary: list[dict]) -> str:
     """A pipe table, readable on a terminal and valid Markdown."""
-    header = "| Set | Scale | Degradation | Method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | Images |"
-    lines = [header, "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Set | Scale | Degradation | Method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | Images |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for s in summary:
         lines.append(
             f"| {s['set']} | x{s['scale']} | {s['degradation']} | {s['method']} | "
@@ -216,13 +227,13 @@ def format_table(summary: list[dict]) -> str:
 
 def settings(args, models: dict[int, list]) -> dict:
     y_weights = UPSTREAM_Y if args.upstream_y else BT601_Y
+    y_name = "upstream: BT.601 BGR weights applied to RGB" if args.upstream_y else "BT.601"
     return {
         "inputs": [str(p) for p in args.input],
         "scales": list(models),
         "degradations": args.degradation,
         "crop_border": "scale" if args.crop_border is None else args.crop_border,
-        "y": "16 + ({} R + {} G + {} B) / 255 on 0..255".format(*y_weights)
-             + (" (upstream: BT.601 BGR weights applied to RGB)" if args.upstream_y else " (BT.601)"),
+        "y": "16 + ({} R + {} G + {} B) / 255 on 0..255 ({})".format(*y_weights, y_name),
         "lr": "LR_bicubic_x{s} file where given (lr_source in the CSV), else MATLAB bicubic "
               "imresize of HR mod-cropped to 2*scale, float64, rounded once to uint8",
         "jpeg": {"quality": JPEG_QUALITY, "subsampling": JPEG_SUBSAMPLING, "encoder": "Pillow"},

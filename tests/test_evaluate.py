@@ -23,10 +23,9 @@ def smooth_image(height, width, seed):
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
     channels = []
     for _ in range(3):
-        wave = sum(
-            np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x + rng.uniform(0.5, 4) * y) + rng.uniform(0, 6))
-            for _ in range(3)
-        )
+        fx, fy = rng.uniform(0.5, 4, size=(2, 3))
+        phase = rng.uniform(0, 6, size=3)
+        wave = sum(np.sin(2 * np.pi * (fx[i] * x + fy[i] * y) + phase[i]) for i in range(3))
         channels.append(127.5 + 40 * wave)
     return np.clip(np.stack(channels, axis=-1), 0, 255).round().astype(np.uint8)
 
