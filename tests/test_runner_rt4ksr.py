@@ -1,0 +1,52 @@
+"""End to end with the pack's RT4KSR nodes: example workflows convert exactly, and a folder
+batch through Load RT4KSR Model -> Upscale Image (RT4KSR) gives the engine's pixels."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, checkpoint_path, shared_path
+from runner_helpers import folders  # noqa: F401 - fixture
+from rt4ksr_nodes import load_model, upscale
+from rt4ksr_nodes.nodes.batch import _as_comfy
+from rt4ksr_nodes.imageio import read_image
+from rt4ksr_nodes.runner import convert, registry
+from rt4ksr_nodes.runner.execute import Runner
+from rt4ksr_nodes.runner.validate import validate
+
+
+@pytest.mark.parametrize("name", ["rt4ksr_x2_1080p_to_4k", "rt4ksr_x3_720p_to_4k"])
+def test_example_workflows_convert_exactly(name):
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    api = json.loads((ROOT / "workflows" / f"{name}.api.json").read_text())
+    assert convert.to_api(ui) == api
+
+
+def test_folder_batch_through_rt4ksr_matches_the_engine(folders, monkeypatch):
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(shared_path("weights")))
+    sources = sorted(shared_path("images", "Set5").glob("*.png"))[:3]
+    for source in sources:
+        with Image.open(source) as img:
+            img.convert("RGB").crop((0, 0, 40, 34)).save(folders[0] / source.name)
+    prompt = {
+        "1": {"class_type": "RT4KSRLoadImageFolder", "inputs": {"folder": "", "pattern": "*.png", "recursive": False}},
+        "2": {"class_type": "RT4KSRModelLoader", "inputs": {"model_name": "rt4ksr_x2.pth", "reparameterize": True}},
+        "3": {"class_type": "RT4KSRUpscale", "inputs": {"model": ["2", 0], "image": ["1", 0], "tile_size": 0,
+                                                         "precision": "fp32", "mask": ["1", 1]}},
+        "4": {"class_type": "RT4KSRSaveImageBatch", "inputs": {
+            "images": ["3", 0], "mask": ["3", 1], "path": ["1", 2], "name_template": "{stem}_x2", "subfolder": "sr",
+            "format": "png", "bit_depth": "16", "quality": 95}},
+    }
+    classes = registry.node_classes()
+    assert validate(prompt, classes) == []
+    summary = Runner(prompt, classes).run()
+    assert (summary.done, summary.failed) == (3, 0), summary.failures
+    model = load_model(checkpoint_path(2))
+    for source in sources:
+        image, _ = _as_comfy(read_image(folders[0] / source.name))
+        expected = upscale(model, image, precision="fp32")[0].numpy()
+        written = read_image(folders[1] / "sr" / f"{source.stem}_x2.png")
+        assert written.bits == 16 and written.pixels.shape == (68, 80, 3)
+        assert np.abs(written.pixels - np.clip(expected, 0, 1)).max() <= 0.5 / 65535 + 1e-6
