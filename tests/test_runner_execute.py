@@ -5,7 +5,6 @@ import weakref
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
