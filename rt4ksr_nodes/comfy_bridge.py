@@ -35,6 +35,7 @@ class Headless:
     input_dir: Path | None = None
     output_dir: Path | None = None
     models_dir: Path | None = None
+    device: object = "auto"  # a torch.device or "auto" (the engine then picks CUDA, MPS, CPU)
     progress_factory: Callable[[], Callable[[int, int], None]] | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
 
@@ -85,9 +86,9 @@ def directory(kind: str) -> Path:
 
 
 def torch_device():
-    """ComfyUI's compute device, or "auto" to let the engine choose."""
+    """ComfyUI's compute device; headless, the runner's (default "auto": the engine chooses)."""
     management = _comfy("comfy.model_management")
-    return management.get_torch_device() if management is not None else "auto"
+    return management.get_torch_device() if management is not None else headless.device
 
 
 def intermediate_device():

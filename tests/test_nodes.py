@@ -16,7 +16,7 @@ from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from rt4ksr_nodes.nodes import catalogue
 from rt4ksr_nodes.nodes.upscale import plan
 
-SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL"}
+SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL", "STRING"}  # STRING: a forceInput socket
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_declarations_follow_comfyui_rules(class_name):
                 assert options["min"] <= options["default"] <= options["max"]
             elif kind == "BOOLEAN":
                 assert isinstance(options["default"], bool)
-            elif kind == "STRING":
+            elif kind == "STRING" and not options.get("forceInput"):
                 assert isinstance(options["default"], str)
             else:
                 assert kind in SOCKET_TYPES, f"{class_name}.{name}: unknown type {kind}"
@@ -67,6 +67,8 @@ def test_the_contract_names():
         "RT4KSRReparameterize": "Reparameterize RT4KSR",
         "RT4KSRUpscale": "Upscale Image (RT4KSR)",
         "RT4KSRUpscaleToSize": "Upscale Image to Size (RT4KSR)",
+        "RT4KSRLoadImageFolder": "Load Image Folder (RT4KSR)",
+        "RT4KSRSaveImageBatch": "Save Image Batch (RT4KSR)",
     }
     upscale_inputs = NODE_CLASS_MAPPINGS["RT4KSRUpscale"].INPUT_TYPES()
     assert list(upscale_inputs["required"]) == ["model", "image", "tile_size", "precision"]

@@ -2,6 +2,7 @@
 runner can use them without ComfyUI)."""
 
 from .. import comfy_bridge
+from .batch import BATCH_DISPLAY_NAMES, BATCH_NODES
 from .models import RT4KSRModelLoader, RT4KSRReparameterize
 from .upscale import RT4KSRUpscale, RT4KSRUpscaleToSize
 
@@ -12,10 +13,12 @@ NODE_CLASS_MAPPINGS = {
     "RT4KSRReparameterize": RT4KSRReparameterize,
     "RT4KSRUpscale": RT4KSRUpscale,
     "RT4KSRUpscaleToSize": RT4KSRUpscaleToSize,
+    **BATCH_NODES,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "RT4KSRModelLoader": "Load RT4KSR Model",
     "RT4KSRReparameterize": "Reparameterize RT4KSR",
     "RT4KSRUpscale": "Upscale Image (RT4KSR)",
     "RT4KSRUpscaleToSize": "Upscale Image to Size (RT4KSR)",
+    **BATCH_DISPLAY_NAMES,
 }

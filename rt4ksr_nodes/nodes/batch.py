@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from .. import comfy_bridge as bridge
+from .common import CATEGORY
 from ..imageio import IMAGE_EXTENSIONS, Picture, read_image, write_image
 
-CATEGORY = "image/upscaling/RT4KSR"
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 BIT_DEPTHS = ["8", "16"]
 PATH_SLOT = 2  # the loader's output carrying the file's relative path
@@ -69,6 +69,11 @@ class RT4KSRLoadImageFolder:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("IMAGE", "MASK", "path")
+    OUTPUT_TOOLTIPS = (
+        "Each image, in sorted path order.",
+        "Each image's mask (1 - alpha; zeros for opaque images).",
+        "Each image's path relative to the folder, for Save Image Batch.",
+    )
     OUTPUT_IS_LIST = (True, True, True)
     FUNCTION = "load"
 
@@ -124,6 +129,8 @@ class RT4KSRSaveImageBatch:
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    OUTPUT_TOOLTIPS = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
 
@@ -131,15 +138,17 @@ class RT4KSRSaveImageBatch:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE",),
+                "images": ("IMAGE", {"tooltip": "The images to save."}),
                 "path": ("STRING", {"forceInput": True, "tooltip": "Relative source path, from Load Image Folder."}),
-                "name_template": ("STRING", {"default": "{stem}--2x"}),
+                "name_template": ("STRING", {"default": "{stem}--2x", "tooltip": "Output name "
+                                  "without extension: {stem}, {ext}, {width}, {height}."}),
                 "subfolder": ("STRING", {"default": "", "tooltip": "Folder inside the output folder."}),
-                "format": (list(FORMATS), {"default": "png"}),
-                "bit_depth": (BIT_DEPTHS, {"default": "8"}),
+                "format": (list(FORMATS), {"default": "png", "tooltip": "File format."}),
+                "bit_depth": (BIT_DEPTHS, {"default": "8", "tooltip": "Bits per channel; 16 "
+                              "for PNG and TIFF only."}),
                 "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP quality."}),
             },
-            "optional": {"mask": ("MASK",)},
+            "optional": {"mask": ("MASK", {"tooltip": "Optional mask, written as alpha."})},
         }
 
     @classmethod

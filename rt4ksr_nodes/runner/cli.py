@@ -91,8 +91,7 @@ def _configure(args) -> None:
             device = torch.device(args.device)
         except RuntimeError as error:
             raise UsageError(f"--device {args.device}: {error}") from error
-        # comfy_bridge has no headless device setting yet; nodes ask torch_device() for theirs.
-        bridge.torch_device = lambda: device
+        bridge.headless.device = device
     core_nodes.SAVE_METADATA = not args.no_metadata
 
 
