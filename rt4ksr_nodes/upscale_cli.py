@@ -7,7 +7,6 @@ others still done), 2 for usage errors and unusable checkpoints.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -25,15 +24,12 @@ from .imageio import (
     read_image,
     write_image,
 )
+from . import weights
 from .model import CheckpointError, load_model
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def default_checkpoint(scale: int) -> Path:
-    """The released checkpoint for `scale`: rt4ksr_x<scale>.pth in $RT4KSR_WEIGHTS_DIR
-    (default <repo>/weights/)."""
-    return Path(os.environ.get("RT4KSR_WEIGHTS_DIR", REPO / "weights")) / f"rt4ksr_x{scale}.pth"
+    """The released checkpoint for `scale`, verified, fetched first if it is not there yet."""
+    return weights.ensure(weights.release_for_scale(scale).name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,14 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale is None and args.model is None:
         parser.error("give --scale (released model) or --model PATH")
-    checkpoint = args.model or default_checkpoint(args.scale)
-    if not checkpoint.is_file():
-        hint = "" if args.model else "; run `python install.py` to download the released weights"
-        print(f"error: checkpoint {checkpoint} not found{hint}", file=sys.stderr)
-        return 2
     try:
+        checkpoint = args.model or default_checkpoint(args.scale)
         model = load_model(checkpoint)
-    except (CheckpointError, OSError) as error:
+    except (CheckpointError, weights.WeightsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.scale is not None and args.scale != model.scale:

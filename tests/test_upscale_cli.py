@@ -143,11 +143,18 @@ def test_failed_write_leaves_nothing_behind(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
-def test_missing_released_weights_point_to_install(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(tmp_path / "nowhere"))
-    assert upscale_cli.default_checkpoint(3) == tmp_path / "nowhere" / "rt4ksr_x3.pth"
-    assert main(["-i", str(_save(tmp_path / "a.png")), "--scale", "3"]) == 2
-    assert "python install.py" in capsys.readouterr().err
+def test_released_weights_are_fetched_verified_or_explained(tmp_path, monkeypatch, capsys, checkpoints):
+    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RT4KSR_WEIGHTS_FROM", raising=False)
+    monkeypatch.setenv("RT4KSR_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # offline: nothing answers
+    source = _save(tmp_path / "a.png")
+    assert main(["-i", str(source), "--scale", "3"]) == 2
+    assert "python install.py --from FOLDER" in capsys.readouterr().err
+    assert not (tmp_path / "a--3x.png").exists()
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoints[3].parent))
+    assert upscale_cli.default_checkpoint(3) == tmp_path / "cache" / "rt4ksr_x3.pth"
+    assert main(["-i", str(source), "--scale", "3"]) == 0
+    assert (tmp_path / "a--3x.png").exists()
 
 
 def test_model_path_and_scale_mismatch(tmp_path, checkpoints, capsys):
