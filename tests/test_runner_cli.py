@@ -118,3 +118,21 @@ def test_module_entry_point_with_default_folders(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "done 1, skipped 0, failed 0 of 1" in result.stderr
     assert (tmp_path / "output" / "out" / "x_00001_.png").is_file()
+
+
+def test_object_info_lets_foreign_nodes_convert_and_validate_but_not_run(folders, capsys):
+    frontend = ROOT / "tests" / "data" / "frontend"
+    sampler, definitions = frontend / "ksampler_seed.json", frontend / "object_info.json"
+    write_png(folders[0] / "emblem_rgba_256.png", (16, 16), mode="RGBA")
+    assert main(folders, frontend / "bypass_second_input.json", "--json", "--validate-only",
+                "--object-info", definitions) == 0
+    assert events(capsys) == [{"event": "valid", "nodes": 7}]
+    # described nodes are checked too: the server the definitions came from had no checkpoints
+    assert main(folders, sampler, "--json", "--validate-only", "--object-info", definitions) == 2
+    assert [(e["node"], e["kind"]) for e in events(capsys)] == [("1", "not_in_list")]
+    assert main(folders, sampler, "--json", "--object-info", definitions) == 2
+    unknown = {e["class_type"] for e in events(capsys) if e.get("kind") == "unknown_class"}
+    assert unknown == {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
+                       "PrimitiveInt"}
+    assert main(folders, sampler, "--json", "--validate-only", "--object-info", sampler) == 2
+    assert "not a ComfyUI /object_info document" in events(capsys)[0]["message"]

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from .. import comfy_bridge as bridge
-from . import convert, core_nodes, formats, registry
+from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary
 from .validate import input_spec, validate
 
@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
                    help="change an input; NODE is a node id or title, e.g. --set \"Load Image.image=a.png\"")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--validate-only", action="store_true", help="check the workflow and stop")
+    p.add_argument("--object-info", type=Path, metavar="FILE",
+                   help="node definitions saved from a ComfyUI server's /object_info: lets the editor format "
+                   "and --validate-only handle nodes this runner cannot run (running them still needs ComfyUI)")
     p.add_argument("--resume", action="store_true", help="skip items whose output already exists")
     p.add_argument("--jobs", type=int, default=2, help="image writer threads (default: 2)")
     p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
@@ -57,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         _configure(args)
         workflow = formats.load(args.workflow)
         classes = registry.node_classes()
-        prompt = copy.deepcopy(workflow.prompt) if workflow.prompt else convert.to_api(workflow.editor, classes)
+        described = {**(object_info.load(args.object_info) if args.object_info else {}), **classes}
+        prompt = copy.deepcopy(workflow.prompt) if workflow.prompt else convert.to_api(workflow.editor, described)
         for override in args.overrides:
-            apply_override(prompt, classes, override)
-    except (formats.WorkflowError, UsageError) as error:
+            apply_override(prompt, described, override)
+    except (formats.WorkflowError, object_info.ObjectInfoError, UsageError) as error:
         out.error(str(error))
         return INVALID
-    problems = validate(prompt, classes)
+    # A run checks against what it can execute, so described-only nodes report needing ComfyUI.
+    problems = validate(prompt, described if args.validate_only else classes)
     if problems:
         out.problems(problems)
         return INVALID

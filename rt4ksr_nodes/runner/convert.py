@@ -7,13 +7,20 @@ definitions, following the ComfyUI frontend's rules:
   after generate" widget) and an image_upload combo (the upload button); neither is sent;
 - an input with a link takes the link (a widget converted to a socket included), after the
   widget values, keeping the widget's place;
-- Reroute passes its input through; a PrimitiveNode's value feeds the widgets it is linked to;
-  Note and MarkdownNote are dropped; groups and native reroutes are layout only;
-- bypassed nodes (mode 4) pass a link through to their first input of the output's type (the
-  input at the same index first); muted nodes (mode 2) are dropped, and so are links from them,
-  which validation then reports if the input is required;
+- Reroute passes its input through (muted or not); a PrimitiveNode's value feeds the widgets it
+  is linked to; Note and MarkdownNote are dropped; groups and native reroutes are layout only;
+- a link into a bypassed node (mode 4) continues from one of its inputs, chosen by the type the
+  link's final target takes (ExecutableNodeDTO's bypass rule, see _bypass_input); muted nodes
+  (mode 2) are dropped, and so are links from them, which validation then reports if the input
+  is required (ComfyUI then runs only the outputs that do not need them);
 - subgraphs (definitions.subgraphs; nodes whose type is a subgraph id) are flattened: inner
   nodes get ids "outer:inner", links through the subgraph's input and output nodes are rejoined.
+  As in frontend 1.27, a muted or bypassed instance still sends its inner nodes; bypassing it
+  only reroutes links that pass through it;
+- the prompt's keys come in JavaScript object order: integer ids ascending, then the others
+  (subgraph nodes) in execution order.
+
+tests/data/frontend holds pairs produced by the real frontend that pin these rules down.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import registry
+from .formats import WorkflowError
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
@@ -54,8 +62,9 @@ class _Value:
     value: object
 
 
-# An unconnected subgraph input: the inner node keeps its own widget value.
-_UNCONNECTED = object()
+# Nothing feeds the input (an unlinked input behind a bypass or subgraph boundary): the
+# frontend leaves it out, so a widget keeps its own value.
+_NOTHING = object()
 
 
 @dataclass
@@ -91,15 +100,22 @@ def to_api(graph: dict, classes: dict[str, type] | None = None) -> dict:
     flat = _Graph()
     _collect(graph, "", subgraphs, flat, ())
     prompt = {}
-    for node in sorted(flat.nodes.values(), key=lambda n: n.order):
+    for node in sorted(flat.nodes.values(), key=_prompt_order):
         if node.type in registry.VIRTUAL_TYPES or node.mode in (MUTED, BYPASSED) or node.type in subgraphs:
             continue
         prompt[node.key] = {
             "inputs": _inputs(node, flat, classes.get(node.type)),
             "class_type": node.type,
-            "_meta": {"title": node.title or registry.display_name(node.type)},
+            "_meta": {"title": node.title or registry.display_name(node.type, classes)},
         }
     return prompt
+
+
+def _prompt_order(node: _Node) -> tuple:
+    """JavaScript's order for the keys of the object the frontend builds: array-index keys
+    ascending, then the rest as inserted."""
+    index = node.key.isdigit() and str(int(node.key)) == node.key and int(node.key) < 2**32 - 1
+    return (0, int(node.key), ()) if index else (1, 0, node.order)
 
 
 def _links(graph: dict) -> dict:
@@ -115,7 +131,8 @@ def _links(graph: dict) -> dict:
 
 
 def _collect(graph: dict, prefix: str, subgraphs: dict, flat: _Graph, order: tuple) -> None:
-    """Add the nodes of `graph` (a subgraph instance's when `prefix` is "<instance key>:")."""
+    """Add the nodes of `graph` (a subgraph instance's when `prefix` is "<instance key>:").
+    Order: top-level nodes by execution order, a subgraph's nodes as listed (getInnerNodes)."""
     links = _links(graph)
 
     def ref(origin_id, slot) -> _Ref:
@@ -137,52 +154,83 @@ def _collect(graph: dict, prefix: str, subgraphs: dict, flat: _Graph, order: tup
             widgets_values=raw.get("widgets_values"),
             inputs=inputs,
             output_types=[o.get("type") for o in raw.get("outputs") or []],
-            order=order + (raw.get("order", position), position),
+            order=order + ((position,) if prefix else (raw.get("order", position), position)),
         )
         flat.nodes[key] = node
-        if node.type in subgraphs and node.mode not in (MUTED, BYPASSED):
+        if node.type in subgraphs:
             _collect(subgraphs[node.type], key + ":", subgraphs, flat, node.order)
     for link in graph.get("links") or []:
         if isinstance(link, dict) and link["target_id"] == SUBGRAPH_OUT:
             flat.outputs[_Ref(prefix[:-1], link["target_slot"])] = ref(link["origin_id"], link["origin_slot"])
 
 
-def _resolve(source: _Ref | None, flat: _Graph):
-    """Follow subgraph boundaries, reroutes and bypassed nodes to the node that really produces
-    a value; None when the link leads nowhere (muted node, unconnected bypass)."""
+def _resolve(source: _Ref | None, wanted, flat: _Graph):
+    """The node output that really feeds an input of type `wanted` linked to `source`,
+    following bypassed nodes, reroutes and subgraph boundaries (ExecutableNodeDTO.resolveInput
+    and resolveOutput). A _Value for a PrimitiveNode; _NOTHING where the frontend finds nothing
+    (the input keeps its widget value, if any); None for a muted node (the input is dropped)."""
     seen = set()
-    while source is not None and source not in seen:
+    while source is not None:
+        if source in seen:
+            raise WorkflowError(f"the editor graph links node {source.key} into itself through bypassed or virtual nodes")
         seen.add(source)
-        if source in flat.outputs:
-            source = flat.outputs[source]
-            continue
-        if source.key.startswith("@in:"):
+        if source.key.startswith("@in:"):  # a subgraph input: continue outside the instance
             instance = flat.nodes[source.key[4:]]
-            source = instance.inputs[source.slot]["source"] if source.slot < len(instance.inputs) else None
-            if source is None:
-                return _UNCONNECTED
+            if source.slot >= len(instance.inputs):
+                return _NOTHING
+            slot = instance.inputs[source.slot]
+            source, wanted = slot["source"], slot.get("type")
             continue
         node = flat.nodes.get(source.key)
-        if node is None or node.mode == MUTED:
+        if node is None:
             return None
-        if node.type == "Reroute":
+        if node.mode == BYPASSED:
+            slot = _bypass_input(node, source.slot, wanted)
+            if slot is None:
+                return _NOTHING
+            source, wanted = slot["source"], slot.get("type")
+        elif source in flat.outputs:  # a subgraph instance's output: continue inside
+            source = flat.outputs[source]
+        elif node.type == "Reroute":
             source = node.inputs[0]["source"] if node.inputs else None
-        elif node.mode == BYPASSED:
-            source = _bypass(node, source.slot)
         elif node.type == "PrimitiveNode":
             values = node.widgets_values or []
-            return _Value(values[0]) if values else None
+            return _Value(values[0]) if values else _NOTHING
         else:
-            return source
-    return None
+            return None if node.mode == MUTED else source
+    return _NOTHING
 
 
-def _bypass(node: _Node, slot: int) -> _Ref | None:
-    wanted = node.output_types[slot] if slot < len(node.output_types) else None
-    for index in [slot, *range(len(node.inputs))]:
-        if index < len(node.inputs) and node.inputs[index].get("type") == wanted:
-            return node.inputs[index]["source"]
-    return None
+def _bypass_input(node: _Node, slot: int, wanted) -> dict | None:
+    """The input a bypassed node's output `slot` passes through to a target input of type
+    `wanted`: with a wildcard target the input at the same index (or the first); else that
+    input if it fits both the output and the target, else the first input of exactly the
+    target's type, else the first that fits both."""
+    inputs = node.inputs
+    if wanted in ("*", ""):
+        index = slot if len(inputs) > slot else 0
+        return inputs[index] if index < len(inputs) else None
+    output = node.output_types[slot] if slot < len(node.output_types) else None
+
+    def fits(slot_type) -> bool:
+        return connectable(slot_type, output) and connectable(slot_type, wanted)
+
+    if slot < len(inputs) and fits(inputs[slot].get("type")):
+        return inputs[slot]
+    exact = [i for i in inputs if i.get("type") == wanted]
+    fitting = [i for i in inputs if fits(i.get("type"))]
+    return (exact or fitting or [None])[0]
+
+
+def connectable(a, b) -> bool:
+    """LiteGraph.isValidConnection: wildcards, equal types, or comma lists that share a type
+    (case-insensitive)."""
+    if a in ("", "*", None, 0) or b in ("", "*", None, 0) or a == b:
+        return True
+    a, b = str(a).lower(), str(b).lower()
+    if "," not in a and "," not in b:
+        return a == b
+    return any(connectable(x, y) for x in a.split(",") for y in b.split(","))
 
 
 def _inputs(node: _Node, flat: _Graph, cls) -> dict:
@@ -195,8 +243,8 @@ def _inputs(node: _Node, flat: _Graph, cls) -> dict:
     for slot in node.inputs:
         if slot["source"] is None:
             continue
-        produced = _resolve(slot["source"], flat)
-        if produced is _UNCONNECTED:
+        produced = _resolve(slot["source"], slot.get("type"), flat)
+        if produced is _NOTHING:
             continue
         if isinstance(produced, _Ref):
             inputs[slot["name"]] = [produced.key, produced.slot]

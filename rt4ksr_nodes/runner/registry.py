@@ -18,10 +18,10 @@ def node_classes() -> dict[str, type]:
     return {**CORE_NODES, **NODE_CLASS_MAPPINGS, **_extra}
 
 
-def display_name(class_type: str) -> str:
+def display_name(class_type: str, classes: dict[str, type] | None = None) -> str:
     """The title the editor gives a node of `class_type` by default."""
     names = {**CORE_DISPLAY_NAMES, **NODE_DISPLAY_NAME_MAPPINGS, **_extra_names}
-    cls = node_classes().get(class_type)
+    cls = (node_classes() if classes is None else classes).get(class_type)
     return names.get(class_type) or getattr(cls, "DISPLAY_NAME", None) or class_type
 
 
