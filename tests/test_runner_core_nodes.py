@@ -110,3 +110,15 @@ def test_image_scale_center_crop():
     (out,) = core_nodes.ImageScale().upscale(image, "nearest-exact", 2, 2, "center")
     assert torch.equal(out, image[:, :, 3:5])
     assert core_nodes.ImageScale().upscale(image, "area", 0, 0, "disabled")[0] is image
+
+
+def test_join_image_with_alpha_inverts_and_resizes_the_mask():
+    image = torch.rand(3, 4, 6, 3)
+    mask = torch.zeros(2, 2, 3)
+    mask[:, :, 1:] = 1.0  # 1 = transparent, as LoadImage's mask
+    (joined,) = core_nodes.JoinImageWithAlpha().join(image, mask)
+    assert joined.shape == (2, 4, 6, 4)  # ComfyUI keeps min(batch sizes)
+    assert torch.equal(joined[..., :3], image[:2])
+    expected = 1.0 - F.interpolate(mask[:, None], size=(4, 6), mode="bilinear")[:, 0]
+    assert torch.equal(joined[..., 3], expected)
+    assert joined[0, 0, 0, 3] == 1.0 and joined[0, 0, -1, 3] == 0.0

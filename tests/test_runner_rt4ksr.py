@@ -4,6 +4,7 @@ batch through Load RT4KSR Model -> Upscale Image (RT4KSR) gives the engine's pix
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -50,3 +51,28 @@ def test_folder_batch_through_rt4ksr_matches_the_engine(folders, monkeypatch):
         written = read_image(folders[1] / "sr" / f"{source.stem}_x2.png")
         assert written.bits == 16 and written.pixels.shape == (68, 80, 3)
         assert np.abs(written.pixels - np.clip(expected, 0, 1)).max() <= 0.5 / 65535 + 1e-6
+
+
+def test_rgba_texture_example_runs_headless(folders, monkeypatch):
+    """Load Image (RGB + MASK = 1 - alpha) -> RT4KSR with the mask -> Join Image with Alpha ->
+    Save Image: the engine's RGBA upscale (alpha through the model), truncated to 8 bits."""
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(shared_path("weights")))
+    source = ROOT / "workflows" / "inputs" / "emblem_rgba_256.png"
+    (folders[0] / source.name).write_bytes(source.read_bytes())
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_rgba_texture.api.json").read_text())
+    classes = registry.node_classes()
+    assert validate(prompt, classes) == []
+    summary = Runner(prompt, classes).run()
+    assert (summary.done, summary.failed) == (1, 0), summary.failures
+    with Image.open(folders[1] / "rt4ksr" / "texture_x2_00001_.png") as saved:
+        assert saved.mode == "RGBA"
+        written = np.asarray(saved).astype(np.int16)
+    with Image.open(source) as img:
+        rgba = torch.from_numpy(np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0)[None]
+    expected = upscale(load_model(checkpoint_path(2)), rgba)[0].numpy()
+    expected = np.clip(255.0 * expected, 0, 255).astype(np.uint8).astype(np.int16)  # SaveImage's rule
+    assert written.shape == expected.shape == (512, 512, 4)
+    difference = np.abs(written - expected)
+    # alpha goes through 1 - (1 - a) twice (mask in, mask out): float rounding may cross a step
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.999
+    assert (difference[..., :3] == 0).all()

@@ -1,5 +1,5 @@
 """Headless stand-ins for ComfyUI's core image nodes, with ComfyUI's names, inputs, outputs and
-pixels: LoadImage, SaveImage, PreviewImage, ImageScale, ImageScaleBy.
+pixels: LoadImage, SaveImage, PreviewImage, ImageScale, ImageScaleBy, JoinImageWithAlpha.
 
 Written from ComfyUI's behaviour (nodes.py, comfy/utils.py, folder_paths.py); only folders and
 file safety differ: every file read stays in the input folder and every file written in the
@@ -294,12 +294,33 @@ class ImageScaleBy:
         return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
 
 
+class JoinImageWithAlpha:
+    """An RGBA image from an RGB image and a MASK; LoadImage's MASK is 1 - alpha, so the
+    alpha is 1 - mask, resized bilinearly to the image (as ComfyUI's resize_mask)."""
+
+    CATEGORY = "mask/compositing"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "join"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "alpha": ("MASK",)}}
+
+    def join(self, image, alpha):
+        count = min(len(image), len(alpha))  # ComfyUI pairs them up and drops the rest
+        masks = alpha.reshape(-1, 1, alpha.shape[-2], alpha.shape[-1])
+        resized = torch.nn.functional.interpolate(masks, size=tuple(image.shape[1:3]), mode="bilinear")
+        opacity = 1.0 - resized[:count, 0, :, :, None].to(image)
+        return (torch.cat((image[:count, :, :, :3], opacity), dim=-1),)
+
+
 CORE_NODES = {
     "LoadImage": LoadImage,
     "SaveImage": SaveImage,
     "PreviewImage": PreviewImage,
     "ImageScale": ImageScale,
     "ImageScaleBy": ImageScaleBy,
+    "JoinImageWithAlpha": JoinImageWithAlpha,
 }
 CORE_DISPLAY_NAMES = {
     "LoadImage": "Load Image",
@@ -307,4 +328,5 @@ CORE_DISPLAY_NAMES = {
     "PreviewImage": "Preview Image",
     "ImageScale": "Upscale Image",
     "ImageScaleBy": "Upscale Image By",
+    "JoinImageWithAlpha": "Join Image with Alpha",
 }
