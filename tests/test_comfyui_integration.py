@@ -1,5 +1,5 @@
 """The pack inside a real ComfyUI server: /object_info lists the nodes, the x2 example workflow
-runs, and the saved PNG has the engine's pixels.
+runs, the saved PNG has the engine's pixels, and the headless runner saves the same pixels.
 
 Skipped unless COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON: the Python with its
 requirements; default: this one).
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, checkpoint_path
+from runner_helpers import folders  # noqa: F401 - fixture
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -126,3 +127,32 @@ def test_x2_example_matches_the_engine(server):
     difference = np.abs(served - ours)
     assert difference.max() <= 1
     assert (difference == 0).mean() >= 0.999
+
+
+@pytest.mark.parametrize("name", ["rt4ksr_x2_1080p_to_4k", "rt4ksr_x3_720p_to_4k", "rt4ksr_x2_rgba_texture"])
+def test_headless_runner_saves_the_servers_pixels(server, folders, monkeypatch, name):
+    """The same API prompt through the server and through the headless runner: the same PNG
+    pixels (measured identical with ComfyUI 0.3.64 on torch 2.14.1 against torch 2.13)."""
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / f"{name}.api.json").read_text())
+    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
+    deadline = time.time() + 300
+    while not (history := http(f"{url}/history/{prompt_id}")):
+        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
+        time.sleep(1)
+    (saved,) = [o["images"][0] for o in history[prompt_id]["outputs"].values()]
+    served = np.asarray(Image.open(base / "output" / saved["subfolder"] / saved["filename"])).astype(np.int16)
+
+    from rt4ksr_nodes.runner import registry
+    from rt4ksr_nodes.runner.execute import Runner
+
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(2).parent))
+    for image in (ROOT / "workflows" / "inputs").iterdir():
+        shutil.copy(image, folders[0])
+    summary = Runner(prompt, registry.node_classes()).run()
+    assert (summary.done, summary.failed) == (1, 0), summary.failures
+    (written,) = folders[1].rglob("*.png")
+    ours = np.asarray(Image.open(written)).astype(np.int16)
+    assert ours.shape == served.shape
+    difference = np.abs(ours - served)
+    assert difference.max() <= 1 and (difference == 0).mean() >= 0.999
