@@ -1,4 +1,7 @@
-"""Benchmarks: `python -m rt4ksr_nodes.bench <subcommand>`. Subcommands register in COMMANDS.
+"""Benchmarks: `python -m rt4ksr_nodes.bench [subcommand]`. Subcommands register in COMMANDS.
+
+all (the default): speed of the train-time form, the fused form and the engine at x2 1080p and
+x3 720p -> 4K, model only and end to end, checked against fp32; see bench_speed.py.
 
 engine: the bare fused model against upscale(), whole frame and 256-px tiles (tile_size is a
 tile's core; each interior side adds 16 px of context), on synthetic frames, fp32 on the CPU.
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from . import bench_speed
 from .engine import upscale
 from .engine.tiling import Box, context_for, split, window
 from .model import load_model
@@ -66,17 +71,22 @@ def engine(args: argparse.Namespace) -> None:
         print(f"   ({TILE}-px tiles compute {100 * share:.1f}% extra pixels of context)")
 
 
-COMMANDS = {"engine": engine}
+COMMANDS = {"all": bench_speed.main, "engine": engine}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rt4ksr_nodes.bench")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
+    all_parser = commands.add_parser("all", help="the speed table (default)")
+    bench_speed.add_arguments(all_parser, str(REPO / "weights"))
     engine_parser = commands.add_parser("engine", help="engine overhead over the bare model")
     engine_parser.add_argument("--repeat", type=int, default=3)
     engine_parser.add_argument(
         "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "all")
     args = parser.parse_args(argv)
     COMMANDS[args.command](args)
 

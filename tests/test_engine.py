@@ -86,7 +86,8 @@ def test_auto_precision_is_fp32_on_cpu(fused_models):
     model = fused_models[2]
     image = crop("Set5", 3, 40, 40)
     out = upscale(model, image, device="cpu")
-    assert (out - reference(model, image)).abs().max().item() <= 1e-6
+    # fp32 agrees to rounding (the fused LayerNorm sums in another order); fp16 is ~1e-3 off.
+    assert (out - reference(model, image)).abs().max().item() <= 1e-5
 
 
 def _rgba(height: int, width: int, alpha: torch.Tensor | float) -> torch.Tensor:

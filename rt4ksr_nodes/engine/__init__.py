@@ -5,5 +5,6 @@ Imports only torch, numpy, PIL and ..model; never ComfyUI.
 
 from .errors import UpscaleCancelled, UpscaleError, UpscaleOutOfMemory
 from .inference import ALPHA_MODES, upscale
+from .stream import upscale_frames
 
-__all__ = ["ALPHA_MODES", "UpscaleCancelled", "UpscaleError", "UpscaleOutOfMemory", "upscale"]
+__all__ = ["ALPHA_MODES", "UpscaleCancelled", "UpscaleError", "UpscaleOutOfMemory", "upscale", "upscale_frames"]

@@ -1,0 +1,116 @@
+"""upscale_frames(): a stream of 8-bit frames in host memory -> 8-bit upscaled frames in host
+memory, the video / batch-service path.
+
+On CUDA the three stages of consecutive frames overlap: frame i+1 uploads on one stream and
+frame i-1 downloads on another while frame i computes; host buffers are pinned so both copies
+are asynchronous DMA. A frame is handed out once its download has finished (one frame of lag).
+Elsewhere frames run one after the other and are handed out at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import resolve_device, resolve_dtype
+from .inference import Tiler, make_tiler
+
+
+def upscale_frames(
+    model: torch.nn.Module,
+    frames: Iterable[np.ndarray | torch.Tensor],
+    *,
+    precision: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    tile_size: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Yield each H x W x 3 uint8 frame (numpy or CPU tensor) upscaled: sH x sW x 3 uint8 CPU
+    tensors (pinned on CUDA), rounded like imageio (round half to even of 255 * clamp(x)).
+
+    Frames may change size; the tile plan is rebuilt when they do. Same network, padding and
+    tiling as upscale(), so the result equals upscale() on the frame / 255, quantised.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(precision, device)
+    cuda = device.type == "cuda"
+    upload = torch.cuda.Stream(device) if cuda else None
+    download = torch.cuda.Stream(device) if cuda else None
+    in_flight = 1 if cuda else 0  # frames kept back so that copies overlap compute
+    pending: deque[tuple[torch.Tensor, torch.cuda.Event | None]] = deque()
+    tiler: Tiler | None = None
+    planned = None  # the frame size the tiler was made for
+    with torch.inference_mode():
+        for frame in frames:
+            host = _as_uint8_tensor(frame)
+            height, width = host.shape[:2]
+            if planned != (height, width):
+                tiler = make_tiler(model, (height, width), dtype, device, tile_size=tile_size)
+                planned = (height, width)
+            if cuda:
+                host = _pinned_copy(host)
+            with torch.cuda.stream(upload) if cuda else nullcontext():
+                staged = host.to(device, non_blocking=True)
+            if cuda:
+                torch.cuda.current_stream(device).wait_stream(upload)
+                staged.record_stream(torch.cuda.current_stream(device))
+            canvas = tiler.run(_to_network(staged, dtype))
+            result = _quantise(canvas[: tiler.scale * height, : tiler.scale * width])
+            pending.append(_fetch(result, download))
+            if len(pending) > in_flight:
+                yield _finished(pending.popleft())
+        while pending:
+            yield _finished(pending.popleft())
+
+
+def _as_uint8_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if tensor.dtype != torch.uint8 or tensor.dim() != 3 or tensor.shape[-1] != 3:
+        raise ValueError(f"frames must be H x W x 3 uint8, got {tuple(tensor.shape)} {tensor.dtype}")
+    return tensor
+
+
+def _pinned_copy(host: torch.Tensor) -> torch.Tensor:
+    # Pinned blocks come from torch's caching host allocator, which keeps a block out of reuse
+    # until the asynchronous copy that reads it has finished.
+    pinned = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+    return pinned.copy_(host)
+
+
+def _to_network(staged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """H x W x 3 uint8 on the device -> 1 x 3 x H' x W' in `dtype`, channels_last, padded to
+    even by edge replication like upscale()."""
+    pixels = staged.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255).to(dtype)
+    height, width = pixels.shape[-2:]
+    if height % 2 or width % 2:
+        pixels = F.pad(pixels, (0, width % 2, 0, height % 2), mode="replicate")
+    return pixels.contiguous(memory_format=torch.channels_last)
+
+
+def _quantise(canvas: torch.Tensor) -> torch.Tensor:
+    # The canvas is already clamped to [0, 1]; fp32 so that 255 * x rounds like imageio's rint.
+    return (canvas.float() * 255).round_().to(torch.uint8)
+
+
+def _fetch(result: torch.Tensor, download) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    if download is None:
+        return result, None
+    download.wait_stream(torch.cuda.current_stream(result.device))
+    with torch.cuda.stream(download):
+        host = torch.empty(result.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(result, non_blocking=True)
+        result.record_stream(download)
+        done = torch.cuda.Event()
+        done.record()
+    return host, done
+
+
+def _finished(item: tuple[torch.Tensor, torch.cuda.Event | None]) -> torch.Tensor:
+    host, done = item
+    if done is not None:
+        done.synchronize()
+    return host
