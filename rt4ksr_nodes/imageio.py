@@ -63,20 +63,23 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return Picture(_orient(pixels, orientation), bits, icc)
 
 
-def write_image(path: str | os.PathLike, picture: Picture) -> None:
+def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95) -> None:
     """Write atomically: a temporary file in the destination folder, then os.replace.
 
     The format follows the extension; 16-bit data goes to PNG and TIFF at 16 bits and to the
-    8-bit formats (JPEG, WebP, BMP) quantised to 8 bits.
+    8-bit formats (JPEG, WebP, BMP) quantised to 8 bits. `quality` (1-100) is the JPEG and
+    (lossy) WebP quality; the other formats are lossless and ignore it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         raise ValueError(f"{path}: unknown output format {suffix!r}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"{path}: quality must be 1-100, got {quality}")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        _write(Path(temporary), suffix, picture)
+        _write(Path(temporary), suffix, picture, quality)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -155,7 +158,7 @@ def _quantise(pixels: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(pixels, 0, 1) * top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def _write(path: Path, suffix: str, picture: Picture) -> None:
+def _write(path: Path, suffix: str, picture: Picture, quality: int) -> None:
     pixels, icc = picture.pixels, picture.icc_profile
     channels = pixels.shape[-1]
     wide = picture.bits == 16 and suffix in (".png", ".tif", ".tiff") and channels != 2
@@ -174,9 +177,9 @@ def _write(path: Path, suffix: str, picture: Picture) -> None:
     if suffix in (".jpg", ".jpeg"):
         if channels in (2, 4):
             raise ValueError(f"{path.name}: JPEG cannot store alpha; write PNG, WebP or TIFF")
-        options["quality"] = 95
+        options["quality"] = quality
     elif suffix == ".webp":
-        options.update(lossless=False, quality=95)
+        options.update(lossless=False, quality=quality)
     image.save(path, format=Image.registered_extensions()[suffix], **options)
 
 

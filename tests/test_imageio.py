@@ -104,3 +104,15 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
         write_image(tmp_path / "keep.jpg", rgba)
     assert (tmp_path / "keep.jpg").read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.jpg"]
+
+
+@pytest.mark.parametrize("suffix, lossy", [(".jpg", {}), (".webp", {"lossless": False})])
+def test_quality_sets_the_lossy_encoders(tmp_path, suffix, lossy):
+    pixels = np.random.default_rng(3).random((24, 32, 3)).astype(np.float32)
+    expected = Image.fromarray(np.rint(pixels * 255).astype(np.uint8))
+    for quality in (30, 95):
+        write_image(tmp_path / f"q{quality}{suffix}", Picture(pixels, 8), quality=quality)
+        expected.save(tmp_path / f"pillow{quality}{suffix}", quality=quality, **lossy)
+        assert (tmp_path / f"q{quality}{suffix}").read_bytes() == (tmp_path / f"pillow{quality}{suffix}").read_bytes()
+    with pytest.raises(ValueError, match="quality must be 1-100"):
+        write_image(tmp_path / f"bad{suffix}", Picture(pixels, 8), quality=0)

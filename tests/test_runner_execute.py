@@ -166,6 +166,21 @@ def test_batch_keeps_relative_paths_and_formats(folders):
     assert Image.open(folders[1] / "sub" / "b_32.webp").mode == "RGBA"
 
 
+def test_batch_jpeg_drops_alpha_and_uses_the_quality(folders):
+    write_png(folders[0] / "a.png", (48, 40), mode="RGBA")
+    prompt = batch_api(fmt="jpeg", template="{stem}", scale=1)
+    prompt["3"]["inputs"]["mask"] = ["1", 1]
+    sizes = []
+    for quality in (20, 95):
+        prompt["3"]["inputs"]["quality"] = quality
+        (folders[1] / "a.jpg").unlink(missing_ok=True)
+        assert run(prompt).done == 1
+        with Image.open(folders[1] / "a.jpg") as written:
+            assert written.mode == "RGB"
+        sizes.append((folders[1] / "a.jpg").stat().st_size)
+    assert sizes[0] < sizes[1]
+
+
 def test_corrupt_image_fails_alone(folders):
     for name in ("a", "b", "d"):
         write_png(folders[0] / f"{name}.png")

@@ -10,16 +10,13 @@ is renamed, so a file that exists is complete, which is what the runner's --resu
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import fnmatch
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .. import comfy_bridge as bridge
 from .common import CATEGORY
@@ -196,29 +193,13 @@ def _alpha(mask, index: int, size) -> np.ndarray | None:
 
 
 def _job(target: Path, picture: Picture, format: str, quality: int):
+    if format == "jpeg" and picture.pixels.shape[-1] == 4:
+        picture = Picture(picture.pixels[..., :3], picture.bits)  # JPEG has no alpha channel
+
     def write():
         target.parent.mkdir(parents=True, exist_ok=True)
-        if format in ("jpeg", "webp"):
-            _write_lossy(target, picture.pixels, format, quality)
-        else:
-            write_image(target, picture)
+        write_image(target, picture, quality)
     return write
-
-
-def _write_lossy(target: Path, pixels: np.ndarray, format: str, quality: int) -> None:
-    """JPEG or WebP at `quality` (imageio.write_image has a fixed quality), atomically."""
-    if format == "jpeg" and pixels.shape[-1] == 4:
-        pixels = pixels[..., :3]
-    image = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        image.save(temporary, format=format.upper(), quality=quality)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 BATCH_NODES = {
