@@ -20,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -241,6 +242,16 @@ def settings(args, models: dict[int, list]) -> dict:
     }
 
 
+def report_json(settings: dict, summary: list[dict]) -> str:
+    """Settings and averages as strict JSON. PSNR is infinite where SR and HR are identical
+    (and so is a mean over such images); JSON has no infinity, so it is written as null and
+    the settings say so. The CSV keeps "inf", which CSV readers parse."""
+    results = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+               for row in summary]
+    settings = {**settings, "null": "PSNR of identical images (infinite)"}
+    return json.dumps({"settings": settings, "results": results}, indent=2, allow_nan=False) + "\n"
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m rt4ksr_nodes.evaluate",
@@ -283,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(rows)
     if args.json:
-        report = {"settings": settings(args, models), "results": summary}
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(report_json(settings(args, models), summary), encoding="utf-8")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -156,3 +157,12 @@ def test_cli_rejects_a_model_outside_the_requested_scales(tmp_path, capsys):
                  "--no-progress"])
     assert exit_info.value.code == 2
     assert "x3" in capsys.readouterr().err
+
+
+def test_json_report_writes_infinite_psnr_as_null():
+    row = {"set": "s", "scale": 2, "degradation": "bicubic", "method": "m", "images": 1,
+           "psnr_rgb": math.inf, "ssim_rgb": 1.0, "psnr_y": math.inf, "ssim_y": 1.0}
+    report = json.loads(ev.report_json({"y": "BT.601"}, [row]))
+    assert report["results"][0]["psnr_rgb"] is None and report["results"][0]["ssim_rgb"] == 1.0
+    assert "Infinity" not in ev.report_json({}, [row])
+    assert "infinite" in report["settings"]["null"]
