@@ -15,16 +15,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10: pip vendors the same parser
-    from pip._vendor import tomli as tomllib
-from pip._vendor.packaging.requirements import Requirement
-
 HERE = Path(__file__).resolve().parent
 
 
 def missing_requirements() -> list[str]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pip vendors the same parser
+        from pip._vendor import tomli as tomllib
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+
     project = tomllib.loads((HERE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     missing = []
     for spec in project["dependencies"]:

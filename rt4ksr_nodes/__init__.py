@@ -6,8 +6,8 @@ Layers, imports flowing one way: model <- engine <- nodes <- runner.
 from .engine import UpscaleCancelled, UpscaleError, UpscaleOutOfMemory, upscale
 from .model import CheckpointError, load_model, reparameterize, save_model
 
-# The CLI shim module rt4ksr_nodes/upscale.py is deliberately not imported here: importing it
-# would rebind the package attribute `upscale` from the engine function to that module.
+# The CLI module rt4ksr_nodes/upscale.py is not imported here: importing it rebinds the package
+# attribute `upscale` to that module (made callable as this function for that case).
 
 __all__ = [
     "CheckpointError",

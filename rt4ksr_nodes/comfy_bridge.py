@@ -47,10 +47,6 @@ class Headless:
 headless = Headless()
 
 
-def in_comfyui() -> bool:
-    return _comfy("folder_paths") is not None
-
-
 def register_model_folder() -> None:
     """Register models/rt4ksr with ComfyUI, keeping paths extra_model_paths.yaml already added."""
     folder_paths = _comfy("folder_paths")

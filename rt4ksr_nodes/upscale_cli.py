@@ -7,6 +7,7 @@ others still done), 2 for usage errors and unusable checkpoints.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from .engine import ALPHA_MODES, UpscaleError, upscale
+from .engine.device import resolve_device
+from .engine.tiling import MIN_TILE
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -26,6 +29,10 @@ from .imageio import (
 )
 from . import weights
 from .model import CheckpointError, load_model
+
+# How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
+OUTPUT_NAME = re.compile(r"--\d+x$")
+
 
 def default_checkpoint(scale: int) -> Path:
     """The released checkpoint for `scale`, verified, fetched first if it is not there yet."""
@@ -68,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale is None and args.model is None:
         parser.error("give --scale (released model) or --model PATH")
+    if args.tile and args.tile < MIN_TILE:
+        parser.error(f"--tile must be 0 (automatic) or at least {MIN_TILE}")
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        parser.error(f"--device {args.device}: {error}")
     try:
         checkpoint = args.model or default_checkpoint(args.scale)
         model = load_model(checkpoint)
@@ -86,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _upscale_file(model, source, destination, args)
         except (ImageReadError, UpscaleError, OSError, ValueError) as error:
-            print(f"error: {source}: {error}", file=sys.stderr)
+            named = str(source) in str(error)
+            print(f"error: {error}" if named else f"error: {source}: {error}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0
 
@@ -99,7 +113,11 @@ def _jobs(
     for item in inputs:
         if item.is_dir():
             sources += sorted(
-                p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                p
+                for p in item.iterdir()
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not OUTPUT_NAME.search(p.stem)  # earlier results, not inputs
             )
         elif item.is_file():
             sources.append(item)
@@ -107,7 +125,7 @@ def _jobs(
             print(f"error: {item}: no such file or folder", file=sys.stderr)
             failures += 1
     single_file = len(inputs) == 1 and len(sources) == 1 and not inputs[0].is_dir()
-    jobs = []
+    jobs, claimed = [], {}
     for source in sources:
         name = f"{source.stem}--{scale}x.png"
         if output is None:
@@ -116,6 +134,15 @@ def _jobs(
             destination = output
         else:
             destination = output / name
+        if destination in claimed:
+            print(
+                f"error: {source}: its output {destination} is also {claimed[destination]}'s; "
+                "rename one of them or give them separate --output folders",
+                file=sys.stderr,
+            )
+            failures += 1
+            continue
+        claimed[destination] = source
         jobs.append((source, destination))
     return jobs, failures
 

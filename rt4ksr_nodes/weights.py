@@ -14,16 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .fileio import atomic_write
 from .model.checkpoint import file_sha256
 
 MANIFEST_PATH = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
 CHUNK = 1 << 16
+# (path, inode, size, mtime) -> SHA-256 of files already hashed in this process.
+_verified: dict[tuple, str] = {}
 
 
 class WeightsError(RuntimeError):
@@ -41,6 +43,11 @@ class Release:
 
 
 def releases() -> dict[str, Release]:
+    if not MANIFEST_PATH.is_file():
+        raise WeightsError(
+            f"{MANIFEST_PATH} is missing: rt4ksr_nodes runs from its repository folder (a ComfyUI "
+            "custom_nodes clone or `pip install -e .`), which holds weights/manifest.json"
+        )
     manifest = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
     return {entry["name"]: Release(**entry) for entry in manifest["models"]}
 
@@ -65,19 +72,19 @@ def _offline_hint(release: Release) -> str:
 
 
 def _write_verified(release: Release, chunks: Iterable[bytes], dest: Path, origin: str) -> Path:
-    """Stream `chunks` into a temporary file beside `dest`; rename only if size and hash match."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{release.file}.", suffix=".part", dir=dest.parent)
-    try:
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(handle, "wb") as out:
-            for chunk in chunks:
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
+    """Stream `chunks` to `dest`; the file appears only if size and hash match the manifest."""
+    digest, size = hashlib.sha256(), 0
+    with atomic_write(dest) as out:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > release.size:
+                break
+            digest.update(chunk)
+            out.write(chunk)
         if size != release.size:
+            got = f"more than {release.size}" if size > release.size else size
             raise WeightsError(
-                f"{origin}: got {size} bytes, the manifest expects {release.size} for "
+                f"{origin}: got {got} bytes, the manifest expects {release.size} for "
                 f"{release.file}; nothing was installed."
             )
         if digest.hexdigest() != release.sha256:
@@ -86,11 +93,23 @@ def _write_verified(release: Release, chunks: Iterable[bytes], dest: Path, origi
                 f"{release.sha256} for {release.file}; the file was discarded and nothing was "
                 "installed. " + _offline_hint(release)
             )
-        os.replace(temp, dest)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    _verified[_signature(dest)] = release.sha256
     return dest
+
+
+def _signature(path: Path) -> tuple:
+    stat = path.stat()
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def is_verified(release: Release, path: Path) -> bool:
+    """Whether `path` is `release`, hashing a file only once per version of it."""
+    if not path.is_file():
+        return False
+    key = _signature(path)
+    if key not in _verified:
+        _verified[key] = file_sha256(path)
+    return _verified[key] == release.sha256
 
 
 def install_from(release: Release, source_dir: Path, dest: Path) -> Path:
@@ -158,27 +177,28 @@ def download(
 def ensure(
     name: str,
     *,
+    fetch: bool = True,
     dest_dir: Path | None = None,
     source_dir: Path | None = None,
     mirror: str | None = None,
     progress: bool = True,
     **download_options,
-) -> Path:
+) -> Path | None:
     """Path of the verified checkpoint `name`, installing it first if needed.
 
-    An existing file is re-verified; a corrupt one is removed and replaced. The source is the
-    offline folder when one is given (argument or RT4KSR_WEIGHTS_FROM), otherwise the download
-    URL (or the mirror).
+    The source is the offline folder when one is given (argument or RT4KSR_WEIGHTS_FROM),
+    otherwise the download URL (or the mirror). A corrupt file in the way is replaced. With
+    `fetch=False` nothing is installed or removed: None unless a verified file is there.
     """
     known = releases()
     if name not in known:
         raise WeightsError(f"unknown released model {name!r}; known: {', '.join(known)}")
     release = known[name]
     dest = Path(dest_dir or weights_dir()) / release.file
-    if dest.is_file():
-        if file_sha256(dest) == release.sha256:
-            return dest
-        dest.unlink()  # corrupt or tampered: never leave it where a model is expected
+    if is_verified(release, dest):
+        return dest
+    if not fetch:
+        return None
     source_dir = source_dir or os.environ.get("RT4KSR_WEIGHTS_FROM")
     if source_dir:
         return install_from(release, Path(source_dir), dest)

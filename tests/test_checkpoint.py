@@ -215,3 +215,13 @@ def test_safetensors_metadata_must_agree(tmp_path, fused_models):
     save_file(tensors, str(path), metadata={"architecture": "SPAN"})
     with pytest.raises(CheckpointError, match="architecture 'SPAN'"):
         load_model(path)
+
+
+def test_scale_must_be_at_least_two(tmp_path):
+    state = released_state()
+    state["module.upsample.0.weight"] = torch.zeros(12, 24, 3, 3)  # 3 x (2 x 1)^2: a x1 model
+    state["module.upsample.0.bias"] = torch.zeros(12)
+    path = tmp_path / "x1.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"x1\.pth: upsample\.0\.weight has 12 output channels.*scale 2 or more"):
+        load_model(path)

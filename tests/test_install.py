@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,18 +53,36 @@ def test_install_offline_without_source_says_what_to_do(tmp_path):
     assert "python install.py --from FOLDER" in result.stderr
 
 
-def test_repository_loads_as_comfyui_custom_node():
-    # ComfyUI imports custom_nodes/<folder>/__init__.py under the folder's name, off sys.path.
-    name = "ComfyUI-RT4KSR-under-test"
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+LOAD_AS_CUSTOM_NODE = """
+import importlib.util, json, sys
+name = "ComfyUI-RT4KSR"
+spec = importlib.util.spec_from_file_location(
+    name, sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]]
+)
+module = importlib.util.module_from_spec(spec)
+sys.modules[name] = module
+spec.loader.exec_module(module)
+print(json.dumps({
+    "nodes": module.NODE_DISPLAY_NAME_MAPPINGS,
+    "absolute": sorted(k for k in sys.modules if k.split(".")[0] == "rt4ksr_nodes"),
+    "comfy": sorted(k for k in sys.modules if k.split(".")[0] in ("comfy", "folder_paths")),
+}))
+"""
+
+
+def test_repository_loads_as_comfyui_custom_node(tmp_path):
+    # ComfyUI imports custom_nodes/<folder>/__init__.py under the folder's name, with the folder
+    # off sys.path: any absolute `rt4ksr_nodes` import would fail (or load a second copy).
+    folder = tmp_path / "custom_nodes" / "ComfyUI-RT4KSR"
+    folder.parent.mkdir()
+    folder.symlink_to(ROOT, target_is_directory=True)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_AS_CUSTOM_NODE, str(folder)],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
     )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-        assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
-        assert isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
-    finally:
-        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-            del sys.modules[key]
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert loaded["nodes"]["RT4KSRUpscale"] == "Upscale Image (RT4KSR)"
+    assert loaded["absolute"] == [], "absolute imports of rt4ksr_nodes inside the pack"
+    assert loaded["comfy"] == [], "the pack imported ComfyUI at import time"

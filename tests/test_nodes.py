@@ -151,11 +151,19 @@ def test_loader_reuses_a_model_until_its_file_changes(models_dir):
 
 
 def test_released_model_resolves_through_verified_weights(models_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(tmp_path / "cache"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(checkpoint_path(2), cache / "rt4ksr_x3.pth")  # the wrong file under the name
+    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(cache))
     monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(2).parent))
-    assert NODE_CLASS_MAPPINGS["RT4KSRModelLoader"].IS_CHANGED("rt4ksr_x3.pth", True) == "rt4ksr_x3.pth"
-    (model,) = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]().load("rt4ksr_x3.pth", True)
-    assert model.scale == 3 and (tmp_path / "cache" / "rt4ksr_x3.pth").is_file()
+    loader = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]
+    # IS_CHANGED runs at every prompt: it neither fetches nor touches the files
+    assert loader.IS_CHANGED("rt4ksr_x3.pth", True) == "rt4ksr_x3.pth"
+    assert (cache / "rt4ksr_x3.pth").read_bytes() == checkpoint_path(2).read_bytes()
+    (model,) = loader().load("rt4ksr_x3.pth", True)
+    assert model.scale == 3
+    assert (cache / "rt4ksr_x3.pth").read_bytes() == checkpoint_path(3).read_bytes()
+    assert loader.IS_CHANGED("rt4ksr_x3.pth", True) != "rt4ksr_x3.pth"
 
 
 def test_reparameterize_node(models_dir, train_models, fused_models):

@@ -173,12 +173,48 @@ def test_benchmark_prints_timings(tmp_path, capsys):
     assert not (tmp_path / "a--2x.png").exists()
 
 
-def test_module_entry_point_and_package_attribute():
+def test_module_entry_point_and_package_attribute(fused_models):
     import rt4ksr_nodes
+    import rt4ksr_nodes.upscale  # rebinds the package attribute to the CLI module
 
-    assert callable(rt4ksr_nodes.upscale)
+    image = torch.rand(1, 6, 8, 3)
+    expected = reference(fused_models[2], image)
+    assert (rt4ksr_nodes.upscale(fused_models[2], image) - expected).abs().max() <= 1e-5
     result = subprocess.run(
         [sys.executable, "-m", "rt4ksr_nodes.upscale", "--help"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )
     assert "--benchmark" in result.stdout
+
+
+def test_colliding_outputs_and_earlier_results(tmp_path, capsys, fused_models):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _save(folder / "a.png")
+    _save(folder / "a.jpg", index=1)  # would also become a--2x.png
+    _save(folder / "b--2x.png", index=2)  # an earlier result, not an input
+    before = (folder / "b--2x.png").read_bytes()
+    assert main(["-i", str(folder), "--scale", "2", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "a.png: its output" in err and "is also" in err and "a.jpg's" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["a--2x.png", "a.jpg", "a.png", "b--2x.png"]
+    assert (folder / "b--2x.png").read_bytes() == before
+    expected = _expected_8bit(fused_models[2], folder / "a.jpg")  # sorted first, so it won
+    assert np.abs(np.asarray(Image.open(folder / "a--2x.png"), dtype=float) - expected).max() <= 1
+
+
+def test_usage_errors_exit_2_before_any_work(tmp_path, capsys):
+    source = _save(tmp_path / "a.png")
+    for options in (["--tile", "10"], ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--tile", "31"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["-i", str(source), "--scale", "2", *options])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "a--2x.png").exists()
+
+
+def test_unreadable_file_is_named_once(tmp_path, capsys):
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    assert main(["-i", str(tmp_path / "b.png"), "--scale", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    path = tmp_path / "b.png"
+    assert err.startswith(f"error: {path}: cannot read image") and f"{path}: {path}" not in err

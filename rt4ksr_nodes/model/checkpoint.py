@@ -15,14 +15,14 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from ..fileio import atomic_write
 from .arch import RT4KSR
 from .reparam import reparameterize as fuse
 
@@ -137,10 +137,15 @@ def _hyperparameters(state: dict, form: str, path: Path) -> dict:
     in_channels = head_in // 4
     out_channels = _shape(state, "upsample.0.weight", 4, path)[0]
     ratio = math.isqrt(out_channels // in_channels)
-    if out_channels % in_channels or ratio * ratio * in_channels != out_channels or ratio % 2:
+    if (
+        out_channels % in_channels
+        or ratio * ratio * in_channels != out_channels
+        or ratio % 2
+        or ratio < 4
+    ):
         raise CheckpointError(
             f"{path}: upsample.0.weight has {out_channels} output channels, expected "
-            f"{in_channels} x (2 x scale)^2"
+            f"{in_channels} x (2 x scale)^2 with scale 2 or more"
         )
     indices = {int(m.group(1)) for key in state if (m := re.match(r"body\.(\d+)\.", key))}
     params = {
@@ -280,8 +285,6 @@ def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = Fals
     path = Path(path)
     if path.suffix.lower() != SAFETENSORS_SUFFIX:
         raise ValueError(f"{path}: RT4KSR models are saved as {SAFETENSORS_SUFFIX} only")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; choose another name or allow overwrite")
     metadata = {
         "architecture": ARCHITECTURE,
         "form": model.form,
@@ -289,13 +292,11 @@ def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = Fals
         "source_sha256": getattr(model, "source_sha256", ""),
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
     try:
-        save_file(tensors, temp, metadata=metadata)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        with atomic_write(path, overwrite=overwrite) as out:
+            out.write(save(tensors, metadata=metadata))
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path}: already exists; choose another name or allow overwrite"
+        ) from None
     return path

@@ -1,0 +1,42 @@
+"""Writing files so that a file under its final name is always complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file to write `path`'s content into.
+
+    The data goes to a temporary file beside `path`, is flushed to disk, given the permissions a
+    plain `open()` would give (mkstemp's are owner-only), and renamed over `path` only when the
+    block ends without an exception; otherwise the temporary file is removed. With
+    `overwrite=False` an existing `path` is never replaced, even by a concurrent writer.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+            os.fchmod(out.fileno(), 0o666 & ~_umask())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # fails with FileExistsError instead of replacing
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
