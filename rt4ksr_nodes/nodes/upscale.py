@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -18,21 +19,27 @@ CUSTOM = "custom"
 ASPECT_MODES = ["crop", "fit"]
 
 
-def run_engine(model, image: torch.Tensor, tile_size: int, precision: str) -> torch.Tensor:
-    """The engine with ComfyUI's device, memory management, progress bar and interrupts."""
+def run_engine(model, image: torch.Tensor, tile_size: int, precision: str, *, last: bool = True):
+    """The engine with ComfyUI's device, memory management, progress bar and interrupts.
+
+    The result goes to ComfyUI's intermediate device when `last`, else it stays on the compute
+    device for the next step.
+    """
     device = resolve_device(bridge.torch_device())
-    dtype = resolve_dtype(precision, device)
+    with warnings.catch_warnings():  # the engine itself warns about bf16, once
+        warnings.simplefilter("ignore")
+        dtype = resolve_dtype(precision, device)
     height, width = image.shape[1:3]
     bridge.free_memory(int(bytes_per_pixel(model, dtype) * height * width), device)
     return upscale(
         model,
         image,
         tile_size=tile_size,
-        precision=dtype,
+        precision=precision,
         device=device,
         progress=bridge.progress(),
         cancel=bridge.interrupted,
-        output_device=bridge.intermediate_device(),
+        output_device=bridge.intermediate_device() if last else device,
     )
 
 
@@ -150,7 +157,7 @@ class RT4KSRUpscaleToSize:
         target = target_size(preset, width, height)
         passes, (w, h) = plan((image.shape[2], image.shape[1]), target, aspect, model.scale)
         for _ in range(passes):
-            image = run_engine(model, image[..., :3], tile_size, precision)
+            image = run_engine(model, image[..., :3], tile_size, precision, last=False)
         pixels = image[..., :3].movedim(-1, 1).float()
         if (pixels.shape[-1], pixels.shape[-2]) != (w, h):
             antialias = w < pixels.shape[-1] or h < pixels.shape[-2]
@@ -162,4 +169,4 @@ class RT4KSRUpscaleToSize:
             pixels = pixels[..., top : top + th, left : left + tw]
         else:
             pixels = F.pad(pixels, (-left, tw - w + left, -top, th - h + top))
-        return (pixels.movedim(1, -1).contiguous(),)
+        return (pixels.movedim(1, -1).contiguous().to(bridge.intermediate_device()),)
