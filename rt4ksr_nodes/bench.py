@@ -6,6 +6,8 @@ x3 720p -> 4K, model only and end to end, checked against fp32; see bench_speed.
 engine: the bare fused model against upscale(), whole frame and 256-px tiles (tile_size is a
 tile's core; each interior side adds 16 px of context), on synthetic frames, fp32 on the CPU.
 Prints medians and overheads over the bare model.
+
+runner: the headless runner's folder batch against the CLI per file; see bench_runner.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench_speed
+from . import bench_runner, bench_speed
 from .engine import upscale
 from .engine.tiling import Box, context_for, split, window
 from .model import load_model
@@ -71,7 +73,7 @@ def engine(args: argparse.Namespace) -> None:
         print(f"   ({TILE}-px tiles compute {100 * share:.1f}% extra pixels of context)")
 
 
-COMMANDS = {"all": bench_speed.main, "engine": engine}
+COMMANDS = {"all": bench_speed.main, "engine": engine, "runner": bench_runner.main}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     engine_parser.add_argument(
         "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
     )
+    bench_runner.add_arguments(commands.add_parser("runner", help="headless folder batch vs per-file CLI"))
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "all")
