@@ -3,7 +3,7 @@
 Pillow decodes 16-bit RGB(A) PNG and TIFF to 8 bits (it has no 48/64-bit image modes), so for
 those the file is decoded twice, once keeping the high bytes and once the low bytes of every
 sample, which restores the exact 16-bit values with Pillow's own decoders. Pillow cannot write
-them either: 16-bit RGB(A) output is written by `_write_png16` (PNG) and `_write_tiff16`
+them either: 16-bit RGB(A) output is encoded by `_png16` (PNG) and `_tiff16`
 (uncompressed baseline TIFF) below. Limitation: 16-bit gray+alpha input is read at 8 bits.
 """
 
@@ -12,20 +12,29 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
+import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .fileio import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-# Default decompression-bomb guard: a 16384 x 16384 input.
-DEFAULT_MAX_PIXELS = 16384 * 16384
+# Default decompression-bomb guard: Pillow's own limit (about 13377 x 13377 pixels).
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
 EXIF_ORIENTATION = 0x0112
 ICC_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L")
-_HIGH_TO_LOW = {";16B": ";16L", ";16L": ";16B"}
+# Pillow's 16-to-8-bit unpackers keep one byte of each sample, named by the byte order: the
+# other order keeps the other byte. ";16N" (libtiff's output for compressed TIFF) is native.
+_NATIVE_LOW = ";16B" if sys.byteorder == "little" else ";16L"
+_HIGH_TO_LOW = {";16B": ";16L", ";16L": ";16B", ";16N": _NATIVE_LOW}
+# Pillow refuses images over twice this many pixels; read_image applies its own limit.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 class ImageReadError(ValueError):
@@ -43,7 +52,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """Decode `path` upright (EXIF orientation applied). `max_pixels` = 0 lifts the size guard."""
     path = Path(path)
     try:
-        with _pillow_bomb_check_off(), Image.open(path) as image:
+        with _open(path, max_pixels) as image:
             width, height = image.size
             if max_pixels and width * height > max_pixels:
                 raise ImageReadError(
@@ -58,9 +67,35 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except ImageReadError:
         raise
+    except UnidentifiedImageError as error:
+        raise ImageReadError(
+            f"{path}: cannot read image: not a PNG, JPEG, WebP, TIFF or BMP file"
+        ) from error
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: cannot read image: {error}") from error
     return Picture(_orient(pixels, orientation), bits, icc)
+
+
+@contextlib.contextmanager
+def _open(path: Path, max_pixels: int):
+    """Image.open under read_image's own size limit.
+
+    Pillow's guard is process-wide and also checks while decoding (TIFF), so a limit above
+    Pillow's own lifts it for the whole read, one such read at a time; Pillow's guard stays in
+    force for every other read.
+    """
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None or (max_pixels and max_pixels <= 2 * pillow):
+        with Image.open(path) as image:
+            yield image
+        return
+    with _PILLOW_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as image:
+                yield image
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow
 
 
 def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95) -> None:
@@ -76,26 +111,8 @@ def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95) ->
         raise ValueError(f"{path}: unknown output format {suffix!r}")
     if not 1 <= quality <= 100:
         raise ValueError(f"{path}: quality must be 1-100, got {quality}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        _write(Path(temporary), suffix, picture, quality)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-@contextlib.contextmanager
-def _pillow_bomb_check_off():
-    """read_image applies its own, configurable limit instead of Pillow's fixed one."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    with atomic_write(path) as out:
+        _write(out, path, suffix, picture, quality)
 
 
 def _decode(path: Path, image: Image.Image) -> tuple[np.ndarray, int]:
@@ -118,9 +135,14 @@ def _decode(path: Path, image: Image.Image) -> tuple[np.ndarray, int]:
 def _decode_16bit_colour(path: Path, image: Image.Image) -> np.ndarray | None:
     """Exact 16-bit samples of a 16-bit RGB(A) file Pillow would truncate to 8 bits, or None."""
     rawmode = _rawmode(image.tile[0].args) if len(image.tile) >= 1 else ""
+    if ";16" not in rawmode:
+        return None
     ending = rawmode[-4:]
     if ending not in _HIGH_TO_LOW or any(_rawmode(t.args) != rawmode for t in image.tile):
-        return None
+        raise ImageReadError(
+            f"{path}: 16-bit samples stored as {rawmode!r}, which this reader cannot decode "
+            "exactly; convert the file to a 16-bit PNG"
+        )
     low_rawmode = rawmode[:-4] + _HIGH_TO_LOW[ending]
     high = np.asarray(image).astype(np.uint16)
     with Image.open(path) as again:
@@ -158,17 +180,17 @@ def _quantise(pixels: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(pixels, 0, 1) * top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def _write(path: Path, suffix: str, picture: Picture, quality: int) -> None:
+def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: int) -> None:
     pixels, icc = picture.pixels, picture.icc_profile
     channels = pixels.shape[-1]
     wide = picture.bits == 16 and suffix in (".png", ".tif", ".tiff") and channels != 2
     if wide and channels == 1:
         image = Image.fromarray(_quantise(pixels[..., 0], 16))
     elif wide and suffix == ".png":
-        _write_png16(path, _quantise(pixels, 16), icc)
+        out.write(_png16(_quantise(pixels, 16), icc))
         return
     elif wide:
-        _write_tiff16(path, _quantise(pixels, 16), icc)
+        out.write(_tiff16(_quantise(pixels, 16), icc))
         return
     else:
         samples = _quantise(pixels, 8)
@@ -180,14 +202,14 @@ def _write(path: Path, suffix: str, picture: Picture, quality: int) -> None:
         options["quality"] = quality
     elif suffix == ".webp":
         options.update(lossless=False, quality=quality)
-    image.save(path, format=Image.registered_extensions()[suffix], **options)
+    image.save(out, format=Image.registered_extensions()[suffix], **options)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _write_png16(path: Path, samples: np.ndarray, icc: bytes | None) -> None:
+def _png16(samples: np.ndarray, icc: bytes | None) -> bytes:
     """A 16-bit PNG of RGB or RGBA samples (H x W x C uint16), rows "Up"-filtered."""
     height, width, channels = samples.shape
     colour_type = 6 if channels == 4 else 2
@@ -202,10 +224,10 @@ def _write_png16(path: Path, samples: np.ndarray, icc: bytes | None) -> None:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
     chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)))
     chunks.append(_png_chunk(b"IEND", b""))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(chunks))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
-def _write_tiff16(path: Path, samples: np.ndarray, icc: bytes | None) -> None:
+def _tiff16(samples: np.ndarray, icc: bytes | None) -> bytes:
     """An uncompressed little-endian baseline TIFF of 16-bit RGB or RGBA samples."""
     height, width, channels = samples.shape
     data = samples.astype("<u2").tobytes()
@@ -239,4 +261,4 @@ def _write_tiff16(path: Path, samples: np.ndarray, icc: bytes | None) -> None:
         ifd += struct.pack("<HH", value, 0) if inline else struct.pack("<I", value)
     ifd += struct.pack("<I", 0)
     body = b"".join(blob + b"\0" * (len(blob) % 2) for blob in blobs)
-    path.write_bytes(b"II*\0" + struct.pack("<I", position) + body + ifd)
+    return b"II*\0" + struct.pack("<I", position) + body + ifd

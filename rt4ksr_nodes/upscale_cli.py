@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-        help=f"refuse larger inputs (default {DEFAULT_MAX_PIXELS}, 16384^2); 0 = no limit",
+        help=f"refuse larger inputs (default {DEFAULT_MAX_PIXELS}, about 13377^2); 0 = no limit",
     )
     parser.add_argument(
         "--benchmark", type=int, default=0, metavar="N",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
+
 import numpy as np
 import png16
 import pytest
+import tiff16
 from PIL import Image, ImageCms, ImageOps
 
 from rt4ksr_nodes.imageio import ImageReadError, Picture, read_image, write_image
@@ -39,12 +44,54 @@ def test_writes_16bit_colour_png_exactly(tmp_path, channels):
 def test_16bit_round_trips(tmp_path, suffix):
     samples = _samples(3, seed=2)
     write_image(tmp_path / f"out{suffix}", Picture(samples / 65535, 16, SRGB))
+    independent = png16.read if suffix == ".png" else tiff16.read_uncompressed
+    assert np.array_equal(independent(tmp_path / f"out{suffix}"), samples)
     with Image.open(tmp_path / f"out{suffix}") as image:
         assert image.size == (13, 9)
         assert np.array_equal(np.asarray(image), (samples >> 8).astype(np.uint8))
     picture = read_image(tmp_path / f"out{suffix}")
     assert picture.bits == 16 and picture.icc_profile == SRGB
     assert np.array_equal(np.rint(picture.pixels * 65535).astype(np.uint16), samples)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("predictor", [1, 2])
+def test_reads_compressed_16bit_tiff_exactly(tmp_path, channels, predictor):
+    # Image editors save 16-bit TIFF compressed; Pillow decodes those through libtiff.
+    samples = _samples(channels, seed=5)
+    tiff16.write_deflate(tmp_path / "in.tif", samples, predictor)
+    picture = read_image(tmp_path / "in.tif")
+    assert picture.bits == 16
+    assert np.array_equal(np.rint(picture.pixels * 65535).astype(np.uint16), samples)
+
+
+def test_output_files_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_image(tmp_path / "out.png", Picture(np.zeros((4, 4, 3), np.float32), 8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o644
+
+
+def test_raised_size_limit_leaves_pillows_guard_alone(tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    pillow = Image.MAX_IMAGE_PIXELS
+    seen = []
+
+    def read(limit):
+        for _ in range(40):
+            read_image(tmp_path / "a.png", max_pixels=limit)
+            seen.append(Image.MAX_IMAGE_PIXELS)
+
+    threads = [threading.Thread(target=read, args=(limit,)) for limit in (0, 0, 5000, 10**12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Image.MAX_IMAGE_PIXELS == pillow
+    # Reads within Pillow's limit never see it lifted, whatever the other threads do.
+    assert len(seen) == 160
 
 
 def test_16bit_gray_png(tmp_path):
@@ -93,8 +140,9 @@ def test_size_guard(tmp_path):
 
 def test_unreadable_file_names_file_and_cause(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
-    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image"):
+    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image: not a PNG") as error:
         read_image(tmp_path / "broken.png")
+    assert str(error.value).count("broken.png") == 1
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path):
