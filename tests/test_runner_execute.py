@@ -5,10 +5,13 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.imageio import ImageReadError
+from rt4ksr_nodes.nodes import batch
 from rt4ksr_nodes.nodes.batch import RT4KSRLoadImageFolder
 from rt4ksr_nodes.runner import registry
 from rt4ksr_nodes.runner.execute import Runner
@@ -228,3 +231,33 @@ def test_batch_outputs_stay_inside_output(folders, field, value):
 def test_batch_loader_refuses_folder_outside_input(folders):
     summary = run(batch_api(folder="../"))
     assert summary.failed == 1 and "outside" in summary.failures[0][1]
+
+
+def test_folder_loader_in_comfyui_skips_a_corrupt_file(folders):
+    input_dir, _ = folders
+    first = write_png(input_dir / "set" / "a.png", seed=1)
+    (input_dir / "set" / "b.png").write_bytes(b"\x89PNG broken")
+    write_png(input_dir / "set" / "c.png", seed=2)
+    images, masks, paths = batch.RT4KSRLoadImageFolder().load("set", "*.png", False)
+    assert paths == ["a.png", "c.png"]
+    assert np.array_equal(np.rint(images[0][0].numpy() * 255).astype(np.uint8), first)
+    (input_dir / "bad").mkdir()
+    (input_dir / "bad" / "x.png").write_bytes(b"junk")
+    with pytest.raises(ImageReadError, match=r"no image could be read: .*x\.png"):
+        batch.RT4KSRLoadImageFolder().load("bad", "*.png", False)
+
+
+def test_batch_saver_refuses_what_would_lose_data(folders):
+    _, output_dir = folders
+    saver = batch.RT4KSRSaveImageBatch()
+    image = torch.rand(1, 8, 8, 3)
+    with pytest.raises(ValueError, match=r"a\.png: mask is 4x4 but the image is 8x8"):
+        saver.save(image, "a.png", "{stem}", "", "png", "8", 95, mask=torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match=r"name_template '\{name\}'.*use \{stem\}"):
+        saver.save(image, "a.png", "{name}", "", "png", "8", 95)
+    saver.save(image, "a.png", "same", "", "png", "8", 95)
+    with pytest.raises(ValueError, match=r"b\.png: .*same\.png was already written .*\{stem\}"):
+        saver.save(image, "b.png", "same", "", "png", "8", 95)
+    assert sorted(p.name for p in output_dir.iterdir()) == ["same.png"]
+    result = saver.save(image, ".thumbs/c.png", "{stem}", "", "png", "8", 95)
+    assert result["ui"]["images"][0]["subfolder"] == ".thumbs"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import fnmatch
+import logging
 import os
 from pathlib import Path, PurePosixPath
 
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from .. import comfy_bridge as bridge
+from ..imageio import IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
 from .common import CATEGORY
-from ..imageio import IMAGE_EXTENSIONS, Picture, read_image, write_image
 
+log = logging.getLogger(__name__)
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 BIT_DEPTHS = ["8", "16"]
 PATH_SLOT = 2  # the loader's output carrying the file's relative path
@@ -110,10 +112,18 @@ class RT4KSRLoadImageFolder:
         return _inside(bridge.directory("input"), folder or ".")
 
     def load(self, folder, pattern, recursive):
-        outputs = ([], [], [])
+        outputs, failures = ([], [], []), []
         for item in self.stream_items(folder, pattern, recursive):
-            for collected, value in zip(outputs, self.stream_load(item, folder, pattern, recursive)):
+            try:
+                loaded = self.stream_load(item, folder, pattern, recursive)
+            except ImageReadError as error:  # one bad file must not sink the others
+                log.warning("Load Image Folder (RT4KSR): skipping %s", error)
+                failures.append(str(error))
+                continue
+            for collected, value in zip(outputs, loaded):
                 collected.extend(value)
+        if failures and not outputs[0]:
+            raise ImageReadError("no image could be read: " + "; ".join(failures))
         return outputs
 
 
@@ -152,7 +162,15 @@ class RT4KSRSaveImageBatch:
     def targets(cls, path, name_template, subfolder, format, count=1, width=0, height=0) -> list[Path]:
         """Where the images for source `path` go (numbered -0, -1, … for a batch of several)."""
         source = PurePosixPath(path)
-        stem = name_template.format(stem=source.stem, ext=source.suffix[1:], width=width, height=height)
+        try:
+            stem = name_template.format(
+                stem=source.stem, ext=source.suffix[1:], width=width, height=height
+            )
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"name_template {name_template!r}: {error!r} is not a known field; use {{stem}}, "
+                "{ext}, {width} and {height}"
+            ) from None
         names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
         folder = PurePosixPath(subfolder or ".") / source.parent
         return [_inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
@@ -169,26 +187,40 @@ class RT4KSRSaveImageBatch:
         height, width = images.shape[1:3]
         targets = self.targets(path, name_template, subfolder, format, len(images), width, height)
         results = []
+        written = self.__dict__.setdefault("written", set())
         for index, (image, target) in enumerate(zip(images, targets)):
+            if target in written:
+                raise ValueError(
+                    f"{path}: {target} was already written for another image in this run; put "
+                    "{stem} in name_template"
+                )
+            written.add(target)
             pixels = image.float().cpu().numpy()
-            alpha = _alpha(mask, index, pixels.shape[:2])
+            alpha = _alpha(mask, index, pixels.shape[:2], path)
             if alpha is not None:
                 pixels = np.concatenate([pixels, alpha[..., None]], axis=-1)
             job = _job(target, Picture(pixels, int(bit_depth)), format, quality)
             submit = WRITER.get()
             submit(job) if submit else job()
             relative = target.relative_to(bridge.directory("output").resolve())
-            results.append({"filename": relative.name, "subfolder": relative.parent.as_posix().strip("."), "type": "output"})
+            subfolder_name = "" if relative.parent == Path(".") else relative.parent.as_posix()
+            results.append({"filename": relative.name, "subfolder": subfolder_name, "type": "output"})
         return {"ui": {"images": results}}
 
 
-def _alpha(mask, index: int, size) -> np.ndarray | None:
+def _alpha(mask, index: int, size, path) -> np.ndarray | None:
+    """The alpha plane for image `index`, or None for no mask or an all-zero one (opaque)."""
     if mask is None:
         return None
     mask = mask.reshape(-1, *mask.shape[-2:])
     one = mask[min(index, len(mask) - 1)]
-    if tuple(one.shape) != tuple(size) or not one.any():
+    if not one.any():
         return None
+    if tuple(one.shape) != tuple(size):
+        raise ValueError(
+            f"{path}: mask is {one.shape[1]}x{one.shape[0]} but the image is {size[1]}x{size[0]}; "
+            "upscale the mask with the image (the mask input of Upscale Image (RT4KSR))"
+        )
     return 1.0 - one.float().cpu().numpy()
 
 

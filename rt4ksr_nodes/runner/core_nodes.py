@@ -8,7 +8,6 @@ output (or preview) folder, symlinks resolved.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import mimetypes
 import os
@@ -23,6 +22,7 @@ from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageErro
 from PIL.PngImagePlugin import PngInfo
 
 from .. import comfy_bridge as bridge
+from ..fileio import atomic_write
 from .paths import UnsafePathError, inside
 
 MAX_RESOLUTION = 16384
@@ -163,16 +163,9 @@ def png_metadata(prompt, extra_pnginfo) -> PngInfo | None:
 
 
 def save_atomic(img: Image.Image, path: Path, **options) -> None:
-    """Save through a hidden temporary file and a rename, so a file that exists is complete."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        img.save(temporary, format=options.pop("format", "PNG"), **options)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    """Save so that a file that exists is complete (see fileio.atomic_write)."""
+    with atomic_write(path) as out:
+        img.save(out, format=options.pop("format", "PNG"), **options)
 
 
 class SaveImage:
