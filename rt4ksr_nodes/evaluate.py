@@ -33,11 +33,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import weights
+from .imageio import IMAGE_EXTENSIONS
 from .imresize import imresize_uint8
 from .metrics import BT601_Y, UPSTREAM_Y, measure, to_uint8
 from .model import load_model
 
-IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 DEGRADATIONS = ("bicubic", "ntire23")
 JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = "4:2:0"  # what Pillow uses by default, hence what NTIRE's data script made
@@ -61,13 +61,13 @@ class Benchmark:
             return None
         for stem in (hr_path.stem, f"{hr_path.stem}x{scale}"):
             for path in sorted(folder.glob(f"{stem}.*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
                     return path
         return None
 
 
 def image_files(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
 
 
 def find_benchmark(path: Path) -> Benchmark:
@@ -82,7 +82,7 @@ def find_benchmark(path: Path) -> Benchmark:
         raise FileNotFoundError(f"{path}: not a folder")
     files = image_files(hr_dir)
     if not files:
-        raise FileNotFoundError(f"{hr_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FileNotFoundError(f"{hr_dir}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return Benchmark((root or hr_dir).name, files, root)
 
 
