@@ -34,10 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.accel import GRAPH_AFTER, compile_policy
+from .engine.accel import COMPILE_AFTER, GRAPH_AFTER, accelerated, compile_policy
 from .engine.cpu import release_free_memory, tune_allocator
 from .engine.device import resolve_device, resolve_dtype
 from .engine.inference import make_tiler
+from .engine.prepare import prepared
 from .engine.stream import upscale_frames
 from .model import load_model
 
@@ -143,7 +144,9 @@ def _time_stream(frames_out, device: torch.device) -> dict:
 
 
 def _plain_model(net, frame: np.ndarray, device, dtype):
-    x = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float().div(255)
+    # contiguous(): plainly NCHW, as the network is written (a permuted frame would be
+    # channels_last in disguise).
+    x = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).contiguous().float().div(255)
     x = x.to(device=device, dtype=dtype)
 
     def run():
@@ -208,6 +211,7 @@ def _row(case, form, device, precision, mode, result, psnr, largest) -> dict:
         "peak_mib": None if result["peak_bytes"] is None else result["peak_bytes"] / 2**20,
         "first_call_ms": 1000 * result["first_s"] if "first_s" in result else None,
         "repetitions": len(times),
+        "compiled": result["compiled"],
         "psnr_db": psnr,
         "max_abs_diff": largest,
     }
@@ -228,7 +232,6 @@ def run_all(args) -> dict:
             or platform.machine(),
             "cpu_threads": torch.get_num_threads(),
             "compile_policy": compile_policy(),
-            "cpu_malloc_tuned": tune_allocator() if not cuda else None,
             "loadavg_before": _loadavg(),
             "warmup": args.warmup,
             "repeat": repeat,
@@ -238,54 +241,63 @@ def run_all(args) -> dict:
         "rows": [],
     }
     weights = Path(args.weights)
+    cases = []
     for scale, width, height in CASES:
         if args.scale and scale not in args.scale:
             continue
-        case = f"x{scale} {width}x{height}"
         frame = synthetic_frame(height, width)
         fused = load_model(weights / f"rt4ksr_x{scale}.pth")
         train = load_model(weights / f"rt4ksr_x{scale}.pth", reparameterize=False)
         with torch.inference_mode():
             reference = _as_hwc(_plain_model(fused, frame, torch.device("cpu"), torch.float32)())
-        reference_u8 = (reference * 255).round().to(torch.uint8)
-        for precision in precisions:
-            dtype = resolve_dtype(precision, device)
-            for form in args.forms:
+        cases.append((f"x{scale} {width}x{height}", frame, train, fused, reference))
+    # Forms outermost: the plain forms run before the engine's first use, i.e. under the
+    # process's own CPU allocator policy, as a user running the bare model would.
+    for precision in precisions:
+        dtype = resolve_dtype(precision, device)
+        for form in args.forms:
+            for case, frame, train, fused, reference in cases:
                 for mode in args.modes:
-                    row = _measure(
+                    result = _measure(
                         form, mode, train, fused, frame, device, dtype,
                         repeat=train_repeat if form == "train" else repeat,
                         warmup=args.warmup, stream_frames=stream_frames,
-                        reference=reference_u8 if mode == "e2e" else reference,
+                        reference=(reference * 255).round().to(torch.uint8)
+                        if mode == "e2e" else reference,
                     )
-                    row = _row(case, form, device, precision, mode, *row)
+                    row = _row(case, form, device, precision, mode, *result)
                     report["rows"].append(row)
                     print(_format(row), flush=True)
     report["environment"]["loadavg_after"] = _loadavg()
+    report["environment"]["cpu_malloc_tuned_for_engine"] = None if cuda else tune_allocator()
     _speedups(report["rows"])
     return report
 
 
 def _measure(form, mode, train, fused, frame, device, dtype, *, repeat, warmup, stream_frames,
              reference):
+    # The engine warms up past its thresholds, so graphs are captured and (as the compile
+    # policy says) the network compiled before timing. With RT4KSR_COMPILE=always the first
+    # call is the compiling one, so "first" shows the compile time.
+    engine_warmup = max(warmup, GRAPH_AFTER, COMPILE_AFTER) + 1
     with torch.inference_mode():
         if form == "engine" and mode == "e2e":
             frames = [frame] * stream_frames
-            # The warm-up stream lets the engine plan, capture graphs and compile (per policy).
-            for _ in upscale_frames(fused, frames[: max(warmup, GRAPH_AFTER + 1)], precision=dtype,
-                                    device=device):
+            for _ in upscale_frames(fused, [frame] * engine_warmup, precision=dtype, device=device):
                 pass
             result = _time_stream(upscale_frames(fused, frames, precision=dtype, device=device),
                                   device)
         elif form == "engine":
             run = _engine_model(fused, frame, device, dtype)
-            result = _time_model(run, device, max(warmup, GRAPH_AFTER + 1), repeat)
+            result = _time_model(run, device, engine_warmup, repeat)
         else:
             # A copy: the engine's rows must start from the untouched fp32 model.
             net = copy.deepcopy(train if form == "train" else fused).to(device=device, dtype=dtype)
             build = _plain_e2e if mode == "e2e" else _plain_model
             result = _time_model(build(net, frame, device, dtype), device, warmup, repeat)
     output = result.pop("output")
+    runner = accelerated(prepared(fused, device, dtype), device)
+    result["compiled"] = form == "engine" and runner.compiled
     if mode == "e2e":
         psnr, largest = _compare(output, reference, levels=True)
     else:
@@ -305,7 +317,7 @@ def _speedups(rows: list[dict]) -> None:
 
 
 HEADER = (
-    f"{'case':15s} {'form':6s} {'dev':4s} {'prec':4s} {'mode':5s} {'median':>9s} {'min':>9s} "
+    f"{'case':15s} {'form':8s} {'dev':4s} {'prec':4s} {'mode':5s} {'median':>9s} {'min':>9s} "
     f"{'max':>9s} {'fps':>7s} {'peakMiB':>8s} {'first':>9s} {'PSNR':>6s} {'max|d|':>8s}"
 )
 
@@ -316,8 +328,9 @@ def _format(row: dict) -> str:
 
     largest = row["max_abs_diff"]
     largest = f"{largest:8.0f}" if row["mode"] == "e2e" else f"{largest:8.1e}"
+    form = row["form"] + ("+c" if row["compiled"] else "")
     return (
-        f"{row['case']:15s} {row['form']:6s} {row['device']:4s} {row['precision']:4s} "
+        f"{row['case']:15s} {form:8s} {row['device']:4s} {row['precision']:4s} "
         f"{row['mode']:5s} {row['median_ms']:9.2f} {row['min_ms']:9.2f} {row['max_ms']:9.2f} "
         f"{row['fps']:7.1f} {number(row['peak_mib'], 8)} {number(row['first_call_ms'], 9)} "
         f"{row['psnr_db']:6.1f} {largest}"
@@ -331,8 +344,8 @@ def table(report: dict) -> str:
         f"{environment['torch']}, compile policy {environment['compile_policy']}, loadavg "
         f"{environment['loadavg_before']} -> {environment['loadavg_after']}",
         "times in ms (model: NTIRE protocol; e2e: uint8 host -> uint8 host), first = first "
-        "call incl. planning/capture/compile; PSNR/max|d| vs fused fp32 on the CPU "
-        "(max|d| in 8-bit levels for e2e)",
+        "call incl. planning/capture/compile; +c = compiled; PSNR/max|d| vs fused fp32 on the "
+        "CPU (max|d| in 8-bit levels for e2e)",
         HEADER + f" {'vs train':>8s}",
     ]
     for row in report["rows"]:
@@ -355,10 +368,23 @@ def add_arguments(parser, weights_default: str) -> None:
     parser.add_argument("--frames", type=int, default=0,
                         help="frames in the e2e stream; default 200 on CUDA, 8 on CPU")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: print one table from earlier --json reports")
     parser.add_argument("--weights", default=weights_default, help="folder with rt4ksr_x2/x3.pth")
 
 
+def merged(paths: list[Path]) -> dict:
+    """Several JSON reports (e.g. one per compile policy) as one: the first one's environment,
+    all rows."""
+    reports = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    return {"environment": reports[0]["environment"],
+            "rows": [row for report in reports for row in report["rows"]]}
+
+
 def main(args) -> None:
+    if args.table_from:
+        print(table(merged(args.table_from)))
+        return
     report = run_all(args)
     print()
     print(table(report))
