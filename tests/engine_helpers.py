@@ -21,6 +21,19 @@ def reference(model, image: torch.Tensor) -> torch.Tensor:
     return out[:, :, : scale * height, : scale * width].clamp(0, 1).permute(0, 2, 3, 1)
 
 
+def reference_alpha(model, alpha: torch.Tensor) -> torch.Tensor:
+    """The network's gray output, but the exact source value wherever the source alpha is
+    constant over the pixel's 3 x 3 neighbourhood (edge pixels: the part inside the image)."""
+    scale = model.scale
+    network = reference(model, alpha.expand(-1, -1, -1, 3)).mean(-1)[0].numpy()
+    plane = alpha[0, ..., 0].numpy()
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(plane, 1, mode="edge"), (3, 3))
+    flat = windows.min(axis=(-1, -2)) == windows.max(axis=(-1, -2))
+    block = np.ones((scale, scale), dtype=bool)
+    expected = np.where(np.kron(flat, block), np.kron(plane, block), network)
+    return torch.from_numpy(expected)[None]
+
+
 def crop(set_name: str, index: int, height: int, width: int) -> torch.Tensor:
     """1 x height x width x 3 from the top left of a benchmark image."""
     image = load_rgb(image_paths(set_name)[index]).permute(0, 2, 3, 1)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from engine_helpers import crop, psnr, reference
+from engine_helpers import crop, psnr, reference, reference_alpha
 
 from rt4ksr_nodes import upscale
 
@@ -114,15 +115,27 @@ def test_constant_alpha_stays_constant_with_bicubic(fused_models):
     assert torch.allclose(out[..., 3], torch.full((1, 60, 90), 0.5), atol=1e-6)
 
 
-def test_alpha_by_model(fused_models):
-    model = fused_models[3]
+@pytest.mark.parametrize("scale", [2, 3])
+def test_alpha_by_model(fused_models, scale):
+    model = fused_models[scale]
     alpha = crop("Set14", 0, 41, 33)[..., :1]
+    alpha[:, 5:20, 4:18] = 1.0  # an opaque block and a transparent one inside natural alpha
+    alpha[:, 25:, 20:] = 0.0
     image = _rgba(41, 33, alpha)
     out = upscale(model, image, alpha="model", tile_size=32, device="cpu")
-    expected = reference(model, alpha.expand(-1, -1, -1, 3)).mean(-1)
-    assert out.shape == (1, 123, 99, 4)
-    assert (out[..., 3] - expected).abs().max().item() <= 1e-5
+    assert out.shape == (1, 41 * scale, 33 * scale, 4)
+    assert (out[..., 3] - reference_alpha(model, alpha)).abs().max().item() <= 1e-5
     assert (out[..., :3] - reference(model, image[..., :3])).abs().max().item() <= 1e-5
+    inner = slice(6 * scale, 19 * scale), slice(5 * scale, 17 * scale)
+    assert (out[0, inner[0], inner[1], 3] == 1.0).all()
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_flat_alpha_is_kept_exactly_by_the_model(fused_models, scale, value):
+    # Without care the network's zero padding gives opaque sprites a translucent rim.
+    out = upscale(fused_models[scale], _rgba(24, 30, value), alpha="model", device="cpu")
+    assert (out[..., 3] == value).all()
 
 
 def test_alpha_discard(fused_models):

@@ -145,3 +145,13 @@ def test_device_resolution():
         assert resolve_device("auto") in (torch.device("cpu"), torch.device("mps"))
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:1")
+
+
+def test_automatic_tile_when_memory_is_short():
+    # More already committed than is free: the estimate must not break, the smallest tile is
+    # tried and out-of-memory handling has the last word.
+    from rt4ksr_nodes.engine.memory import auto_tile
+    from rt4ksr_nodes.engine.tiling import MIN_TILE
+
+    assert auto_tile(1080, 1920, 16, per_pixel=132.0, budget=-5e6) == MIN_TILE
+    assert auto_tile(1080, 1920, 16, per_pixel=132.0, budget=0) == MIN_TILE

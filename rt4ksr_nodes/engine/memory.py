@@ -42,5 +42,5 @@ def auto_tile(
     (out-of-memory handling then has the last word)."""
     if height * width * per_pixel <= budget:
         return max(height, width)
-    side = int((budget / per_pixel) ** 0.5) - 2 * context
+    side = int((max(budget, 0) / per_pixel) ** 0.5) - 2 * context
     return max(side - side % 2, MIN_TILE)
