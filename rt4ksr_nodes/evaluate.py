@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import weights
+from .fileio import atomic_write
 from .imageio import IMAGE_EXTENSIONS
 from .imresize import imresize_uint8
 from .metrics import BT601_Y, UPSTREAM_Y, measure, to_uint8
@@ -289,12 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows)
     print(format_table(summary))
     if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_write(args.csv) as out:
+            out.write(table.getvalue().encode("utf-8"))
     if args.json:
-        args.json.write_text(report_json(settings(args, models), summary), encoding="utf-8")
+        with atomic_write(args.json) as out:
+            out.write(report_json(settings(args, models), summary).encode("utf-8"))
     return 0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .engine import ALPHA_MODES, UpscaleError, upscale
-from .engine.device import resolve_device
+from .engine.device import PRECISION_CHOICES, resolve_device
 from .engine.tiling import MIN_TILE
 from .imageio import (
     DEFAULT_MAX_PIXELS,
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=int, choices=(2, 3), help="use the released model")
     parser.add_argument("--model", type=Path, help="any RT4KSR checkpoint (.pth/.safetensors)")
     parser.add_argument("--tile", type=int, default=0, help="tile size in input px (0 = auto)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--alpha", default="model", choices=ALPHA_MODES)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")

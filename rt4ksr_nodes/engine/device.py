@@ -16,6 +16,8 @@ PRECISIONS = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
+# The names offered to users (CLI choices, node widget); the aliases above are for callers.
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -1,8 +1,9 @@
 """What every node of the pack shares."""
 
+from ..engine.device import PRECISION_CHOICES
+
 CATEGORY = "image/upscaling/RT4KSR"
 MODEL_TYPE = "RT4KSR_MODEL"
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 
 
 def model_input(tooltip: str = "An RT4KSR model from Load RT4KSR Model.") -> tuple:
@@ -26,7 +27,7 @@ def tile_input() -> tuple:
 
 def precision_input() -> tuple:
     return (
-        PRECISIONS,
+        list(PRECISION_CHOICES),
         {
             "default": "auto",
             "tooltip": "auto = fp16 on a GPU (indistinguishable, ~58 dB from fp32), fp32 on the "
