@@ -49,7 +49,8 @@ def http(url: str, body: dict | None = None):
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "rt4ksr_nodes").symlink_to(ROOT, target_is_directory=True)
+    # a folder name unlike the inner package, as a clone from the registry would have
+    (base / "custom_nodes" / "ComfyUI-RT4KSR").symlink_to(ROOT, target_is_directory=True)
     (base / "input").mkdir()
     for image in (ROOT / "workflows" / "inputs").iterdir():
         shutil.copy(image, base / "input")
