@@ -3,9 +3,10 @@
 all (the default): speed of the train-time form, the fused form and the engine at x2 1080p and
 x3 720p -> 4K, model only and end to end, checked against fp32; see bench_speed.py.
 
-engine: the bare fused model against upscale(), whole frame and 256-px tiles (tile_size is a
-tile's core; each interior side adds 16 px of context), on synthetic frames, fp32 on the CPU.
-Prints medians and overheads over the bare model.
+engine: the engine's own network run bare on the whole frame against upscale() on the whole
+frame and with 256-px tiles (tile_size is a tile's core; each interior side adds 16 px of
+context), on synthetic frames, fp32 on the CPU. Prints medians and overheads over the bare
+network.
 
 runner: the headless runner's folder batch against the CLI per file; see bench_runner.py.
 """
@@ -22,6 +23,7 @@ import torch
 
 from . import bench_runner, bench_speed
 from .engine import upscale
+from .engine.prepare import prepared
 from .engine.tiling import Box, context_for, split, window
 from .model import load_model
 
@@ -39,36 +41,46 @@ def _context_share(model, height: int, width: int, tile: int) -> float:
     ) - 1
 
 
-def _median_ms(run, repeat: int) -> float:
-    run()  # warm-up: kernel selection, model preparation
-    times = []
+def _medians_ms(runs: dict, repeat: int) -> dict:
+    """Median milliseconds of each run, measured in interleaved rounds after a warm-up of each,
+    so that drifting machine and allocator state weighs on all of them alike."""
+    times = {label: [] for label in runs}
+    for run in runs.values():
+        run()  # warm-up: kernel selection, model preparation
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for label, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) * 1000 for label, values in times.items()}
 
 
 def engine(args: argparse.Namespace) -> None:
-    print(f"device cpu, fp32, {torch.get_num_threads()} threads, median of {args.repeat} runs")
+    print(f"device cpu, fp32, {torch.get_num_threads()} threads, median of {args.repeat} rounds")
     for scale, width, height in ENGINE_CASES:
         model = load_model(Path(args.weights) / f"rt4ksr_x{scale}.pth")
         frame = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
-        bare = model.to(memory_format=torch.channels_last)
+        # The very network the engine runs (channels_last, one-kernel LayerNorm), bare.
+        bare = prepared(model, torch.device("cpu"), torch.float32)
         padded = frame.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
         def model_only():
             with torch.inference_mode():
                 bare(padded)
 
-        base = _median_ms(model_only, args.repeat)
+        def engine_run(tile: int):
+            return lambda: upscale(model, frame, tile_size=tile, precision="fp32", device="cpu")
+
+        runs = {
+            "model only": model_only,
+            "engine, whole frame": engine_run(0),
+            f"engine, {TILE}-px tiles": engine_run(TILE),
+        }
+        medians = _medians_ms(runs, args.repeat)
+        base = medians.pop("model only")
         print(f"x{scale} {width}x{height}: model only {base:8.1f} ms")
-        for label, tile in (("whole frame", 0), (f"{TILE}-px tiles", TILE)):
-            ms = _median_ms(
-                lambda: upscale(model, frame, tile_size=tile, precision="fp32", device="cpu"),
-                args.repeat,
-            )
-            print(f"   engine, {label:12s} {ms:8.1f} ms  overhead {100 * (ms / base - 1):+6.1f}%")
+        for label, ms in medians.items():
+            print(f"   {label:20s} {ms:8.1f} ms  overhead {100 * (ms / base - 1):+6.1f}%")
         share = _context_share(model, height, width, TILE)
         print(f"   ({TILE}-px tiles compute {100 * share:.1f}% extra pixels of context)")
 
@@ -82,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     all_parser = commands.add_parser("all", help="the speed table (default)")
     bench_speed.add_arguments(all_parser, str(REPO / "weights"))
     engine_parser = commands.add_parser("engine", help="engine overhead over the bare model")
-    engine_parser.add_argument("--repeat", type=int, default=3)
+    engine_parser.add_argument("--repeat", type=int, default=7)
     engine_parser.add_argument(
         "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
     )

@@ -1,12 +1,13 @@
 """CPU allocation policy for the engine's large, short-lived activation buffers.
 
 glibc serves blocks above its mmap threshold (dynamic, at most 32 MiB) with fresh mmaps and
-returns freed heap tops above the trim threshold to the OS. Every tile then faults its ~17-35 MB
-activations in page by page again: measured here, ~34k page faults and ~40 ms per 1080p x2
-frame (259 -> 216 ms). Raising both thresholds keeps those buffers in the heap for reuse.
+returns freed heap tops above the trim threshold to the OS. Every frame then faults its
+activation buffers (tens of MB each) and its 100 MB 4K result in page by page again: measured
+here, ~34k page faults and ~40 ms per 1080p x2 frame. Raising both thresholds keeps those
+buffers in the heap for reuse.
 
 Process-wide, so applied once, only on glibc, and switched off with RT4KSR_CPU_MALLOC=0. The
-cost: up to TRIM_THRESHOLD of freed memory may stay mapped in the process.
+cost: up to TRIM_THRESHOLD (512 MiB) of freed memory may stay mapped in the process.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import ctypes
 import ctypes.util
 import os
 
-MMAP_THRESHOLD = 64 << 20  # above the largest per-tile buffer of 384-px tiles at x3
-TRIM_THRESHOLD = 256 << 20
+# Above a 4K frame's float32 planes (3840 x 2160 x 3 x 4 bytes = 100 MB): the result and the
+# network's output come from the heap and are reused call after call. Measured here (fp32,
+# medians): x3 720p upscale() 157 -> 111 ms, x2 1080p 235 -> 187 ms against 64/256 MiB.
+MMAP_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 512 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 SWITCH = "RT4KSR_CPU_MALLOC"
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .device import free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import UpscaleCancelled, UpscaleOutOfMemory
 from .accel import accelerated
-from .memory import CPU_TILE, USABLE, auto_tile, bytes_per_pixel
+from .memory import USABLE, auto_tile, bytes_per_pixel
 from .prepare import prepared
 from .tiling import MIN_TILE, Box, context_for, even_tile, split, window
 
@@ -40,10 +40,9 @@ def upscale(
     three channels; the result is the mean of the three outputs, C' = 1).
 
     tile_size: side of a tile's core in input pixels (context comes on top); 0 = automatic: the
-        whole frame when it fits the device's free memory, else the largest tile that does; on
-        the CPU at most CPU_TILE, which runs faster than whole frames. Odd sizes are
-        rounded down to even; other than 0 it must be at least 32. Results are identical either
-        way: tiles carry enough real context that no seams exist.
+        whole frame when it fits the device's free memory, else the largest tile that does. Odd
+        sizes are rounded down to even; other than 0 it must be at least 32. Results are
+        identical either way: tiles carry enough real context that no seams exist.
     precision: "auto" (fp16 on CUDA, else fp32), "fp32", "fp16" or "bf16" (warned: ~18 dB worse).
     device: "auto" (CUDA, then MPS, then CPU), a device string or a torch.device.
     alpha: RGBA only. "model": the alpha plane is upscaled by the network too (as gray), keeping
@@ -82,16 +81,21 @@ def upscale(
     output = torch.empty(
         batch, scale * height, scale * width, out_channels, device=output_device
     )
+    # Tiles land straight in the result when it is in the compute dtype on the compute device.
+    direct = dtype == torch.float32 and output_device == device and channels != 1
     with torch.inference_mode():
         for index in range(batch):
             pixels = image[index].permute(2, 0, 1).unsqueeze(0)
             colour = pixels.expand(-1, 3, -1, -1) if channels == 1 else pixels[:, :3]
-            rgb = tiler.run(_network_input(colour, device, dtype))
-            rgb = rgb[: scale * height, : scale * width]
-            if channels == 1:
-                output[index].copy_(rgb.float().mean(-1, keepdim=True))
+            if direct:
+                tiler.run(_network_input(colour, device, dtype), target=output[index, ..., :3])
             else:
-                output[index, ..., :3].copy_(rgb)
+                rgb = tiler.run(_network_input(colour, device, dtype))
+                rgb = rgb[: scale * height, : scale * width]
+                if channels == 1:
+                    output[index].copy_(rgb.float().mean(-1, keepdim=True))
+                else:
+                    output[index, ..., :3].copy_(rgb)
             if not keep_alpha:
                 continue
             plane = pixels[:, 3:]
@@ -214,21 +218,29 @@ class Tiler:
         canvas_device = device if canvas_bytes <= budget / 2 else output_device
         if canvas_device == device:
             budget -= canvas_bytes
-        self.canvas = torch.empty(
-            self.scale * self.height, self.scale * self.width, 3, dtype=dtype, device=canvas_device
+        self.canvas_spec = dict(
+            size=(self.scale * self.height, self.scale * self.width, 3),
+            dtype=dtype,
+            device=canvas_device,
         )
+        self.canvas: torch.Tensor | None = None  # made on first use: direct runs need none
         self.tile = tile_size or auto_tile(
             self.height, self.width, context, bytes_per_pixel(model, dtype), budget
         )
-        if not tile_size and device.type == "cpu":
-            self.tile = min(self.tile, CPU_TILE)
         self.full = Box(0, 0, self.height, self.width)
         self.passes_left = passes
         self.done = 0
         self.total = passes * len(split(self.full, self.tile))
 
-    def run(self, source: torch.Tensor) -> torch.Tensor:
-        """Upscale `source` (1 x 3 x H x W, padded); returns the clamped canvas (sH x sW x 3)."""
+    def run(self, source: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Upscale `source` (1 x 3 x H x W, padded) into `target` (an sH' x sW' x 3 view no
+        larger than the upscaled padded plane; cropped to it), or else into the canvas (the whole
+        upscaled padded plane). Returns what was written, clamped to [0, 1]."""
+        if target is None:
+            if self.canvas is None:
+                self.canvas = torch.empty(**self.canvas_spec)
+            target = self.canvas
+        limit_rows, limit_cols = target.shape[:2]
         self.passes_left -= 1
         pending = deque(split(self.full, self.tile))
         while pending:
@@ -254,15 +266,18 @@ class Tiler:
                 continue
             rows, cols = tile.core_in_window(self.scale)
             core = tile.core
-            self.canvas[
-                core.top * self.scale : core.bottom * self.scale,
-                core.left * self.scale : core.right * self.scale,
-            ].copy_(result[0, :, rows, cols].permute(1, 2, 0))
+            top, left = core.top * self.scale, core.left * self.scale
+            bottom = min(core.bottom * self.scale, limit_rows)
+            right = min(core.right * self.scale, limit_cols)
+            if bottom > top and right > left:
+                piece = result[0, :, rows, cols].permute(1, 2, 0)[: bottom - top, : right - left]
+                # Clamped while the tile is still in cache, not in a pass over the whole frame.
+                target[top:bottom, left:right].copy_(piece.clamp_(0, 1))
             pending.popleft()
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
-        return self.canvas.clamp_(0, 1)
+        return target
 
     def _shrink(self, error: RuntimeError) -> None:
         """Halve the tile after an out-of-memory error, or give up below MIN_TILE."""

@@ -20,10 +20,6 @@ from .tiling import MIN_TILE
 SAFETY = 1.5
 # Share of the free memory the engine plans to use; the rest stays for everything else.
 USABLE = 0.8
-# Automatic tiles on the CPU stop at this core side: 416-px windows keep a tile's working set
-# cache-resident. Measured on a 2-core EPYC (fp32, medians): 1080p x2 whole frame 264 ms,
-# 256 px 275, 384 px 244, 512 px 231-244; 720p x3 whole 209, 256-384 px 166-171, 512 px 194.
-CPU_TILE = 384
 
 
 def bytes_per_pixel(model, dtype: torch.dtype) -> float:
