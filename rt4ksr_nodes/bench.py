@@ -5,8 +5,8 @@ x3 720p -> 4K, model only and end to end, checked against fp32; see bench_speed.
 
 engine: the engine's own network run bare on the whole frame against upscale() on the whole
 frame and with 256-px tiles (tile_size is a tile's core; each interior side adds 16 px of
-context), on synthetic frames, fp32 on the CPU. Prints medians and overheads over the bare
-network.
+context), and the module load_model returns run bare, on synthetic frames, fp32 on the CPU.
+Prints medians and the differences from the engine's bare network.
 
 runner: the headless runner's folder batch against the CLI per file; see bench_runner.py.
 """
@@ -68,17 +68,22 @@ def engine(args: argparse.Namespace) -> None:
             with torch.inference_mode():
                 bare(padded)
 
+        def loaded_model():  # the module load_model returns, as a user would call it
+            with torch.inference_mode():
+                model(padded)
+
         def engine_run(tile: int):
             return lambda: upscale(model, frame, tile_size=tile, precision="fp32", device="cpu")
 
         runs = {
             "model only": model_only,
+            "loaded model, bare": loaded_model,
             "engine, whole frame": engine_run(0),
             f"engine, {TILE}-px tiles": engine_run(TILE),
         }
         medians = _medians_ms(runs, args.repeat)
         base = medians.pop("model only")
-        print(f"x{scale} {width}x{height}: model only {base:8.1f} ms")
+        print(f"x{scale} {width}x{height}: model only {base:8.1f} ms  (the engine's network, bare)")
         for label, ms in medians.items():
             print(f"   {label:20s} {ms:8.1f} ms  overhead {100 * (ms / base - 1):+6.1f}%")
         share = _context_share(model, height, width, TILE)
