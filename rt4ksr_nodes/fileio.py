@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # Reading the umask means setting it; done once, at import, before any writer thread runs
+    # (a briefly zero umask would let another thread's mkdir create a world-writable folder).
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextlib.contextmanager
@@ -32,7 +37,7 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
             yield out
             out.flush()
             os.fsync(out.fileno())
-            os.fchmod(out.fileno(), 0o666 & ~_umask())
+            os.fchmod(out.fileno(), FILE_MODE)
         if overwrite:
             os.replace(temp, path)
         else:

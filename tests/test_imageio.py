@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import threading
 
@@ -66,12 +65,11 @@ def test_reads_compressed_16bit_tiff_exactly(tmp_path, channels, predictor):
 
 
 def test_output_files_get_ordinary_permissions(tmp_path):
-    old = os.umask(0o022)
-    try:
-        write_image(tmp_path / "out.png", Picture(np.zeros((4, 4, 3), np.float32), 8))
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o644
+    # What open() would give (mkstemp's temporary files are owner-only).
+    write_image(tmp_path / "out.png", Picture(np.zeros((4, 4, 3), np.float32), 8))
+    (tmp_path / "plain").touch()
+    plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == plain
 
 
 def test_raised_size_limit_leaves_pillows_guard_alone(tmp_path):
