@@ -46,6 +46,8 @@ def test_declarations_follow_comfyui_rules(class_name):
     assert all(isinstance(t, str) for t in cls.RETURN_TYPES)
     spec = cls.INPUT_TYPES()
     assert set(spec) <= {"required", "optional", "hidden"}
+    # Hidden inputs are plain type names that ComfyUI fills in, never widgets or sockets.
+    assert set(spec.pop("hidden", {}).values()) <= {"PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID"}
     for section in spec.values():
         for name, (kind, options) in section.items():
             assert options.get("tooltip"), f"{class_name}.{name} has no tooltip"

@@ -256,8 +256,27 @@ def test_batch_saver_refuses_what_would_lose_data(folders):
     with pytest.raises(ValueError, match=r"name_template '\{name\}'.*use \{stem\}"):
         saver.save(image, "a.png", "{name}", "", "png", "8", 95)
     saver.save(image, "a.png", "same", "", "png", "8", 95)
-    with pytest.raises(ValueError, match=r"b\.png: .*same\.png was already written .*\{stem\}"):
+    with pytest.raises(ValueError, match=r"b\.png and a\.png would both be saved as .*same\.png: .*no \{stem\}"):
         saver.save(image, "b.png", "same", "", "png", "8", 95)
     assert sorted(p.name for p in output_dir.iterdir()) == ["same.png"]
     result = saver.save(image, ".thumbs/c.png", "{stem}", "", "png", "8", 95)
     assert result["ui"]["images"][0]["subfolder"] == ".thumbs"
+
+
+def test_batch_saver_duplicate_guard_spans_one_prompt(folders):
+    """ComfyUI keeps node instances between prompts: queueing the same workflow again must write
+    again; within one prompt (the hidden `prompt` input is the same object) a collision is refused
+    with its real cause."""
+    saver = batch.RT4KSRSaveImageBatch()
+    image = torch.rand(1, 8, 8, 3)
+    for queued in ({"3": {}}, {"3": {}}):  # two executions of the same workflow
+        saver.save(image, "a.png", "{stem}", "", "png", "8", 95, prompt=queued)
+    assert (folders[1] / "a.png").is_file()
+    first = {"3": {}}
+    saver.save(image, "a.png", "{stem}", "", "png", "8", 95, prompt=first)
+    with pytest.raises(ValueError, match=r"a\.jpg and a\.png would both be saved as .*a\.png.*put \{ext\} in"):
+        saver.save(image, "a.jpg", "{stem}", "", "png", "8", 95, prompt=first)
+    saver.save(image, "sub/a.png", "{stem}", "", "png", "8", 95, prompt=first)  # another folder: no clash
+    with pytest.raises(ValueError, match=r"b\.png and a\.png would both .*name_template 'same' has no \{stem\}"):
+        saver.save(image, "a.png", "same", "", "png", "8", 95, prompt=first)
+        saver.save(image, "b.png", "same", "", "png", "8", 95, prompt=first)

@@ -156,6 +156,7 @@ class RT4KSRSaveImageBatch:
                 "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP quality."}),
             },
             "optional": {"mask": ("MASK", {"tooltip": "Optional mask, written as alpha."})},
+            "hidden": {"prompt": "PROMPT"},
         }
 
     @classmethod
@@ -183,18 +184,15 @@ class RT4KSRSaveImageBatch:
             return False
         return all(target.is_file() for target in cls.targets(path, name_template, subfolder, format))
 
-    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None):
+    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None, prompt=None):
         height, width = images.shape[1:3]
         targets = self.targets(path, name_template, subfolder, format, len(images), width, height)
         results = []
-        written = self.__dict__.setdefault("written", set())
+        written = self._written_in(prompt)
         for index, (image, target) in enumerate(zip(images, targets)):
             if target in written:
-                raise ValueError(
-                    f"{path}: {target} was already written for another image in this run; put "
-                    "{stem} in name_template"
-                )
-            written.add(target)
+                raise ValueError(_collision(path, written[target], target, name_template))
+            written[target] = path
             pixels = image.float().cpu().numpy()
             alpha = _alpha(mask, index, pixels.shape[:2], path)
             if alpha is not None:
@@ -206,6 +204,27 @@ class RT4KSRSaveImageBatch:
             subfolder_name = "" if relative.parent == Path(".") else relative.parent.as_posix()
             results.append({"filename": relative.name, "subfolder": subfolder_name, "type": "output"})
         return {"ui": {"images": results}}
+
+    def _written_in(self, prompt) -> dict[Path, str]:
+        """target -> source for the files written during this execution. ComfyUI (and the
+        runner) pass the same `prompt` object to every call of one execution and keeps node
+        instances between executions, so a new prompt object starts a new record; holding the
+        prompt keeps its identity from being reused."""
+        if getattr(self, "_prompt", None) is not prompt or not hasattr(self, "_written"):
+            self._prompt, self._written = prompt, {}
+        return self._written
+
+
+def _collision(path: str, other: str, target: Path, name_template: str) -> str:
+    """Why two sources get the same output name. The source's folder is kept in the output
+    path, so only sources in one folder can meet: through a template without {stem}, or stems
+    that differ only by extension."""
+    clash = f"{path} and {other} would both be saved as {target}: "
+    if "{stem}" not in name_template:
+        return clash + f"name_template {name_template!r} has no {{stem}}, so every source gets that name"
+    if PurePosixPath(path).stem == PurePosixPath(other).stem and "{ext}" not in name_template:
+        return clash + "their names differ only by extension; put {ext} in name_template"
+    return clash + f"name_template {name_template!r} gives them the same name"
 
 
 def _alpha(mask, index: int, size, path) -> np.ndarray | None:
