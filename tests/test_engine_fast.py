@@ -4,7 +4,10 @@ skip without a GPU."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -17,7 +20,9 @@ from rt4ksr_nodes.engine import upscale_frames
 from rt4ksr_nodes.engine.cpu import tune_allocator
 from rt4ksr_nodes.engine.device import resolve_device
 from rt4ksr_nodes.engine.inference import make_tiler
-from rt4ksr_nodes.engine.prepare import ChannelsLastLayerNorm, prepared
+from rt4ksr_nodes.engine.prepare import ChannelsLastLayerNorm, accelerated, prepared
+from rt4ksr_nodes.engine.tiling import Box, split, window
+from rt4ksr_nodes.model import load_model
 from rt4ksr_nodes.model.arch import LayerNorm2d
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -35,6 +40,20 @@ def test_prepared_copy_uses_single_kernel_layernorms_and_matches(fused_models, s
     with torch.inference_mode():
         out = net(x).clamp(0, 1).permute(0, 2, 3, 1)
     assert (out - reference(model, image)).abs().max().item() <= 1e-5
+
+
+def test_prepared_copy_and_runner_die_with_the_model(checkpoints):
+    model = load_model(checkpoints[2])
+    device = resolve_device("cpu")
+    runner = accelerated(model, device, torch.float32)
+    assert runner.net is prepared(model, device, torch.float32)  # one entry, made once
+    x = torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        runner(x)
+    net_ref, runner_ref = weakref.ref(runner.net), weakref.ref(runner)
+    del model, runner
+    gc.collect()
+    assert net_ref() is None and runner_ref() is None
 
 
 def test_allocator_policy_applies_and_can_be_switched_off(monkeypatch):
@@ -59,6 +78,68 @@ def test_compile_policy_switch(monkeypatch):
     assert accel.Accelerated(net, torch.device("cuda"), "never").compile_after is None
 
 
+def test_a_tiled_frame_has_up_to_sixteen_window_shapes():
+    # Per axis: first, interior, the one before a last core thinner than the context, last.
+    cores = split(Box(0, 0, 98, 98), 32)
+    shapes = {(w.window.height, w.window.width) for w in (window(c, 98, 98, 16) for c in cores)}
+    assert len(shapes) == 16 == accel.MAX_GRAPHS
+
+
+class _FakeGraph:
+    """Stands in for a CUDA graph: remembers its function and pool, replays eagerly."""
+
+    def __init__(self, function, example, pool):
+        self.function, self.pool = function, pool
+
+    def __call__(self, x):
+        return self.function(x)
+
+
+def test_graph_bookkeeping_on_the_networks_device(monkeypatch):
+    """Without a GPU: the graph cache with a stand-in capture. The network's own device is
+    made current for every call, graphs are evicted least recently used first, all share one
+    pool, and release() drops them with the pool."""
+    entered = []
+
+    @contextlib.contextmanager
+    def device(index):
+        entered.append(index)
+        yield
+
+    monkeypatch.setattr(accel, "_Graph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", object)
+    runner = accel.Accelerated(torch.nn.Identity(), torch.device("cuda", 1), "never")
+
+    def call(size):
+        return runner(torch.full((1, 3, size, size), float(size)))
+
+    sizes = range(2, 2 + 2 * accel.MAX_GRAPHS + 2, 2)  # one shape more than MAX_GRAPHS
+    for size in sizes:
+        for _ in range(accel.GRAPH_AFTER):
+            assert call(size)[0, 0, 0, 0].item() == size
+        call(sizes[0])  # the first shape stays the most recently used
+    assert entered and set(entered) == {torch.device("cuda", 1)}
+    cached = [key[0][-1] for key in runner._graphs]
+    assert len(cached) == accel.MAX_GRAPHS
+    assert sizes[0] in cached and sizes[1] not in cached  # the least recently used went
+    assert len({id(graph.pool) for graph in runner._graphs.values()}) == 1
+    runner.release()
+    assert not runner._graphs and runner._pool is None
+
+
+def test_cudnn_autotune_restores_the_setting_after_overlapping_calls(monkeypatch):
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", False)
+    first, second = accel._cudnn_autotune(), accel._cudnn_autotune()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # exits out of order, as threads may
+    assert cudnn.benchmark is True
+    second.__exit__(None, None, None)
+    assert cudnn.benchmark is False
+
+
 def test_failing_compiler_falls_back_to_eager(fused_models, monkeypatch):
     def broken(*args, **kwargs):
         def fail(x):
@@ -80,17 +161,20 @@ def test_failing_compiler_falls_back_to_eager(fused_models, monkeypatch):
 
 
 def test_compiled_network_matches_on_cpu(fused_models):
-    """Inductor on the CPU (needs the C++ compiler; ~20 s cold): same result as the reference."""
+    """Inductor on the CPU (needs the C++ compiler; ~30 s cold): same result as the reference
+    for window shapes of a tiled frame, which the automatic dynamic shapes compile together."""
     model = fused_models[3]
     runner = accel.Accelerated(prepared(model, resolve_device("cpu"), torch.float32),
                                torch.device("cpu"), "always")
-    image = crop("Set5", 2, 48, 64)
-    x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # a fallback to eager would warn
-        out = runner(x)
-    assert runner.compiled
-    assert (out.clamp(0, 1).permute(0, 2, 3, 1) - reference(model, image)).abs().max() <= 1e-5
+    for height, width in [(48, 64), (64, 48), (50, 80)]:
+        image = crop("Set5", 2, height, width)
+        x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # a fallback to eager would warn
+            out = runner(x)
+        assert runner.compiled
+        expected = reference(model, image)
+        assert (out.clamp(0, 1).permute(0, 2, 3, 1) - expected).abs().max() <= 1e-5
 
 
 def _quantised(model, frame: np.ndarray) -> torch.Tensor:
@@ -137,21 +221,51 @@ def test_cuda_fp16_default_is_close_to_fp32(fused_models, scale):
     assert psnr(out, reference(model, image)) >= 50
 
 
+def _cuda_inputs(device, *indices):
+    return [
+        crop("Set14", index, 128, 160).permute(0, 3, 1, 2).to(device, torch.float16)
+        .contiguous(memory_format=torch.channels_last)
+        for index in indices
+    ]
+
+
+def _assert_replays_follow_their_inputs(net, inputs, calls):
+    """Inputs in turn: each output equals eager on its own input (a graph ignoring its input
+    would repeat the other's; fp16 kernels may differ in the last bit)."""
+    with accel._cudnn_autotune():
+        eager = [net.net(x).clone() for x in inputs]
+    assert (eager[0] - eager[1]).abs().max().item() > 0.1
+    outputs = []
+    for turn in range(calls):
+        out = net(inputs[turn % 2])
+        torch.testing.assert_close(out, eager[turn % 2], rtol=0, atol=2e-3)
+        outputs.append(out)
+    return outputs
+
+
 @needs_cuda
-def test_cuda_graphs_replay_the_same_result(fused_models, monkeypatch):
-    monkeypatch.setenv(accel.COMPILE_ENV, "never")
-    model = fused_models[2]
-    image = crop("Set14", 2, 128, 160)
+def test_cuda_graphs_replay_each_input(fused_models):
     device = resolve_device("cuda")
-    net = accel.Accelerated(prepared(model, device, torch.float16), device, "never")
-    x = image.permute(0, 3, 1, 2).to(device, torch.float16).contiguous(
-        memory_format=torch.channels_last)
+    net = accel.Accelerated(prepared(fused_models[2], device, torch.float16), device, "never")
     with torch.inference_mode():
-        eager = net.net(x).clone()
-        outputs = [net(x).clone() for _ in range(accel.GRAPH_AFTER + 2)]
-    assert len(net._graphs) == 1 and net._graphs[next(iter(net._graphs))] is not None
-    for out in outputs:
-        assert torch.equal(out, eager)
+        inputs = _cuda_inputs(device, 2, 3)
+        outputs = _assert_replays_follow_their_inputs(net, inputs, 2 * accel.GRAPH_AFTER + 4)
+    assert len(net._graphs) == 1
+    # The documented aliasing: after capture every call returns the graph's one output
+    # buffer, which the next call overwrites; callers copy it first (the Tiler does).
+    replayed = outputs[2 * accel.GRAPH_AFTER :]
+    assert len({out.data_ptr() for out in replayed}) == 1
+
+
+@needs_cuda
+def test_cuda_graphs_capture_on_the_networks_device(fused_models):
+    """The network on the last GPU while device 0 is current (on one GPU: the same device)."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    net = accel.Accelerated(prepared(fused_models[2], device, torch.float16), device, "never")
+    with torch.inference_mode(), torch.cuda.device(0):
+        inputs = _cuda_inputs(device, 2, 3)
+        _assert_replays_follow_their_inputs(net, inputs, 2 * accel.GRAPH_AFTER + 4)
+    assert len(net._graphs) == 1
 
 
 @needs_cuda

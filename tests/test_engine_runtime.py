@@ -7,6 +7,7 @@ import torch
 from engine_helpers import crop, reference
 from torch import nn
 
+import rt4ksr_nodes.engine.accel as accel
 import rt4ksr_nodes.engine.inference as inference
 from rt4ksr_nodes import UpscaleCancelled, UpscaleOutOfMemory, upscale
 from rt4ksr_nodes.engine.device import resolve_device
@@ -36,8 +37,10 @@ class Recording(nn.Module):
 @pytest.mark.parametrize(
     "error", [torch.cuda.OutOfMemoryError, lambda m: RuntimeError(f"DefaultCPUAllocator: {m}")]
 )
-def test_out_of_memory_halves_the_tile_and_keeps_finished_tiles(fused_models, error):
+def test_out_of_memory_halves_the_tile_and_keeps_finished_tiles(fused_models, error, monkeypatch):
     model = fused_models[2]
+    releases = []  # the CUDA graphs (and their memory pool) go before the tile shrinks
+    monkeypatch.setattr(accel.Accelerated, "release", lambda self: releases.append(self))
     image = torch.cat([crop("Set14", 0, 96, 300), crop("Set14", 3, 96, 300)])
     calls, updates = [], []
     # Windows of 128-px cores: 96 x 144, then 96 x 160 (fails: > 14000 px), then 96 x 60.
@@ -54,6 +57,7 @@ def test_out_of_memory_halves_the_tile_and_keeps_finished_tiles(fused_models, er
     assert accepted.count((96, 144)) == 1
     assert updates[0] == (1, 6) and updates[-1] == (17, 17)
     assert [done for done, _ in updates] == list(range(1, 18))
+    assert len(releases) == 1
 
 
 def test_out_of_memory_below_the_minimum_tile_fails_clearly(fused_models):

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from .device import free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import UpscaleCancelled, UpscaleOutOfMemory
-from .accel import accelerated
 from .memory import USABLE, auto_tile, bytes_per_pixel
-from .prepare import prepared
-from .tiling import MIN_TILE, Box, context_for, even_tile, split, window
+from .prepare import accelerated
+from .tiling import MIN_TILE, Box, Tile, context_for, even_tile, split, window
 
 ALPHA_MODES = ("model", "bicubic", "discard")
 
@@ -171,7 +170,7 @@ def make_tiler(
     the cached prepared copy of `model`. `output_bytes`: what the caller keeps on `device`."""
     padded = (size[0] + size[0] % 2, size[1] + size[1] % 2)
     return Tiler(
-        accelerated(prepared(model, device, dtype), device),
+        accelerated(model, device, dtype),
         model,
         context_for(model),
         padded,
@@ -240,23 +239,24 @@ class Tiler:
             if self.canvas is None:
                 self.canvas = torch.empty(**self.canvas_spec)
             target = self.canvas
-        limit_rows, limit_cols = target.shape[:2]
         self.passes_left -= 1
         pending = deque(split(self.full, self.tile))
         while pending:
             if self.cancel is not None and self.cancel():
                 raise UpscaleCancelled("upscale cancelled")
             tile = window(pending[0], self.height, self.width, self.context)
-            area = tile.window
             try:
-                result = self.net(source[:, :, area.top : area.bottom, area.left : area.right])
+                self._run_tile(source, tile, target)
+                out_of_memory = False
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
                 self._shrink(error)
-                result = None
-            if result is None:
+                out_of_memory = True
+            if out_of_memory:
                 # Outside the except block, so the failed pass's tensors are already released.
+                # The CUDA graphs go too: their memory pool is sized for the old tiles' windows.
+                self.net.release()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 pending = deque(box for core in pending for box in split(core, self.tile))
@@ -264,20 +264,30 @@ class Tiler:
                     split(self.full, self.tile)
                 )
                 continue
-            rows, cols = tile.core_in_window(self.scale)
-            core = tile.core
-            top, left = core.top * self.scale, core.left * self.scale
-            bottom = min(core.bottom * self.scale, limit_rows)
-            right = min(core.right * self.scale, limit_cols)
-            if bottom > top and right > left:
-                piece = result[0, :, rows, cols].permute(1, 2, 0)[: bottom - top, : right - left]
-                # Clamped while the tile is still in cache, not in a pass over the whole frame.
-                target[top:bottom, left:right].copy_(piece.clamp_(0, 1))
             pending.popleft()
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
         return target
+
+    def _run_tile(self, source: torch.Tensor, tile: Tile, target: torch.Tensor) -> None:
+        """Run the tile's window; copy its core into `target` (cropped to it), clamped.
+
+        The net's result may be a CUDA graph's output buffer, which the net's next call (from
+        any thread) overwrites: it is copied out under the net's lock, before any other call.
+        """
+        area = tile.window
+        core = tile.core
+        top, left = core.top * self.scale, core.left * self.scale
+        bottom = min(core.bottom * self.scale, target.shape[0])
+        right = min(core.right * self.scale, target.shape[1])
+        rows, cols = tile.core_in_window(self.scale)
+        with self.net.lock:
+            result = self.net(source[:, :, area.top : area.bottom, area.left : area.right])
+            if bottom > top and right > left:
+                piece = result[0, :, rows, cols].permute(1, 2, 0)[: bottom - top, : right - left]
+                # Clamped while the tile is still in cache, not in a pass over the whole frame.
+                target[top:bottom, left:right].copy_(piece.clamp_(0, 1))
 
     def _shrink(self, error: RuntimeError) -> None:
         """Halve the tile after an out-of-memory error, or give up below MIN_TILE."""

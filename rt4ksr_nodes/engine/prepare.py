@@ -10,10 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.arch import LayerNorm2d
+from .accel import Accelerated, compile_policy
 from .cpu import tune_allocator
 
-# model -> {(device, dtype): (parameter versions, prepared copy)}. Weak keys: the cache never
-# keeps a model alive that its owner has dropped.
+# model -> {(device, dtype): (parameter versions, prepared copy, its runner)}. Weak keys: the
+# cache never keeps a model alive that its owner has dropped, and with the model go its copies.
+# The runner sits beside its copy, not in a cache of its own keyed by the copy: it holds the
+# copy, so such a cache would keep both alive for ever.
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -40,19 +43,29 @@ def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     The user's model is never touched. In-place weight updates (load_state_dict) bump the
     parameters' version counters, which invalidates the cached copy.
     """
+    return _entry(model, device, dtype)[1]
+
+
+def accelerated(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Accelerated:
+    """The runner (CUDA graphs, compile policy) of prepared(model, device, dtype), made with it
+    and dropped with it."""
+    return _entry(model, device, dtype)[2]
+
+
+def _entry(model: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple:
     if device.type == "cpu":
         tune_allocator()
     versions = tuple(_version(parameter) for parameter in model.parameters())
     per_model = _cache.setdefault(model, {})
     cached = per_model.get((device, dtype))
     if cached is not None and cached[0] == versions:
-        return cached[1]
+        return cached
     with torch.no_grad():
         net = copy.deepcopy(model).eval().requires_grad_(False)
         _fuse_layernorms(net)
         net = net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
-    per_model[(device, dtype)] = (versions, net)
-    return net
+    entry = per_model[(device, dtype)] = (versions, net, Accelerated(net, device, compile_policy()))
+    return entry
 
 
 def _fuse_layernorms(net: nn.Module) -> None:
