@@ -1,4 +1,5 @@
-"""Writing files so that a file under its final name is always complete."""
+"""Files named by workflows: kept inside their folder, and written so that a file under its
+final name is always complete."""
 
 from __future__ import annotations
 
@@ -45,3 +46,19 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+class UnsafePathError(ValueError):
+    """A workflow asked for a file outside the folder it may use."""
+
+
+def inside(base: str | os.PathLike, relative: str) -> Path:
+    """`base / relative`, refused when `relative` is absolute (POSIX, or with a Windows drive) or
+    leads out of `base` by `..` or through a symlink (both resolved before comparing)."""
+    root = Path(base).resolve()
+    if os.path.isabs(relative) or relative.startswith("/") or Path(relative).drive:
+        raise UnsafePathError(f"{relative!r}: absolute paths are not allowed; give a path inside {root}")
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafePathError(f"{relative!r} leads outside {root}; this is not allowed")
+    return target

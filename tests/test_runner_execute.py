@@ -1,6 +1,7 @@
 """Execution: ComfyUI's list semantics, streamed folder batches with bounded memory, resume after
 an interrupt, a corrupt file among good ones, and outputs kept inside the output folder."""
 
+import os
 import weakref
 
 import numpy as np
@@ -280,3 +281,48 @@ def test_batch_saver_duplicate_guard_spans_one_prompt(folders):
     with pytest.raises(ValueError, match=r"b\.png and a\.png would both .*name_template 'same' has no \{stem\}"):
         saver.save(image, "a.png", "same", "", "png", "8", 95, prompt=first)
         saver.save(image, "b.png", "same", "", "png", "8", 95, prompt=first)
+
+
+def test_folder_loader_is_changed_follows_the_matching_files(folders):
+    """ComfyUI reruns the loader only when IS_CHANGED changes: adding, replacing or touching a
+    matching file must change it; a file the pattern excludes must not."""
+    loader = batch.RT4KSRLoadImageFolder
+    write_png(folders[0] / "set" / "a.png", seed=1)
+    before = loader.IS_CHANGED("set", "*.png", False)
+    assert loader.IS_CHANGED("set", "*.png", False) == before
+    (folders[0] / "set" / "notes.jpg").write_bytes(b"x")
+    assert loader.IS_CHANGED("set", "*.png", False) == before
+    write_png(folders[0] / "set" / "b.png", seed=2)
+    added = loader.IS_CHANGED("set", "*.png", False)
+    assert added != before
+    write_png(folders[0] / "set" / "b.png", size=(16, 16), seed=3)  # replaced
+    replaced = loader.IS_CHANGED("set", "*.png", False)
+    assert replaced != added
+    stat = (folders[0] / "set" / "a.png").stat()
+    os.utime(folders[0] / "set" / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert loader.IS_CHANGED("set", "*.png", False) != replaced
+
+
+def test_folder_loader_without_a_match_says_so(folders):
+    write_png(folders[0] / "set" / "a.png")
+    with pytest.raises(FileNotFoundError, match=r"no image in 'set' matches '\*\.tif'"):
+        batch.RT4KSRLoadImageFolder().load("set", "*.tif", False)
+    summary = run(batch_api(folder="set", pattern="*.tif"))
+    assert summary.failed == 1 and "matches '*.tif'" in summary.failures[0][1]
+
+
+def test_folder_loader_pattern_with_a_slash_matches_the_relative_path(folders):
+    for name in ("a.png", "sub/b.png", "sub/deeper/c.png", "other/d.png"):
+        write_png(folders[0] / name)
+    assert batch.RT4KSRLoadImageFolder.stream_items("", "sub/*.png", True) == ["sub/b.png", "sub/deeper/c.png"]
+    assert batch.RT4KSRLoadImageFolder.stream_items("", "*/b.png", True) == ["sub/b.png"]
+    assert batch.RT4KSRLoadImageFolder.stream_items("", "b.png", True) == ["sub/b.png"]
+
+
+def test_folder_loader_skips_symlinks_out_of_the_input_folder(folders, tmp_path, caplog):
+    write_png(tmp_path / "secret" / "s.png")
+    write_png(folders[0] / "set" / "a.png")
+    os.symlink(tmp_path / "secret" / "s.png", folders[0] / "set" / "link.png")
+    os.symlink(folders[0] / "set" / "a.png", folders[0] / "set" / "alias.png")  # stays inside: kept
+    assert batch.RT4KSRLoadImageFolder.stream_items("set", "*", False) == ["a.png", "alias.png"]
+    assert "link.png" in caplog.text and "outside" in caplog.text

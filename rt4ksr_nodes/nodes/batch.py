@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextvars
 import fnmatch
+import hashlib
 import logging
-import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
 from .. import comfy_bridge as bridge
+from ..fileio import UnsafePathError, inside
 from ..imageio import IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
 from .common import CATEGORY
 
@@ -30,21 +31,6 @@ PATH_SLOT = 2  # the loader's output carrying the file's relative path
 
 # Set by the headless runner: submit(job) runs job() on an encoder thread.
 WRITER: contextvars.ContextVar = contextvars.ContextVar("rt4ksr_batch_writer", default=None)
-
-
-class UnsafeOutputError(ValueError):
-    """A name that would be written outside the output folder."""
-
-
-def _inside(root: Path, relative: str) -> Path:
-    """root / relative, refusing absolute names, `..` and symlinks that lead out of root."""
-    root = root.resolve()
-    if os.path.isabs(relative) or PurePosixPath(relative).is_absolute():
-        raise UnsafeOutputError(f"{relative!r}: absolute paths are not allowed")
-    target = (root / relative).resolve()
-    if target != root and root not in target.parents:
-        raise UnsafeOutputError(f"{relative!r} leads outside {root}; this is not allowed")
-    return target
 
 
 def _as_comfy(picture: Picture) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,25 +67,49 @@ class RT4KSRLoadImageFolder:
         return {
             "required": {
                 "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; empty = the input folder."}),
-                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern, e.g. *.png or frame_*.tif."}),
+                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern, e.g. *.png or frame_*.tif; with a / it matches the path inside the folder, e.g. sub/*.png."}),
                 "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
             }
         }
 
     @classmethod
     def stream_items(cls, folder, pattern, recursive) -> list[str]:
-        """Relative paths (POSIX) of the matching images, sorted."""
+        """Relative paths (POSIX) of the matching images, sorted. A pattern with a '/' is
+        matched against the relative path, one without against the file name; hidden files and
+        folders are left out, and so are symlinks that lead out of the input folder."""
         root = cls._root(folder)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {folder!r} does not exist in {bridge.directory('input')}")
+        pattern = pattern or "*"
         found = root.rglob("*") if recursive else root.iterdir()
         names = []
         for path in found:
-            relative = path.relative_to(root)
-            if (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and fnmatch.fnmatch(path.name, pattern or "*")
-                    and not any(part.startswith(".") for part in relative.parts)):
-                names.append(relative.as_posix())
+            relative = path.relative_to(root).as_posix()
+            if (path.suffix.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in relative.split("/"))
+                    or not fnmatch.fnmatch(relative if "/" in pattern else path.name, pattern)):
+                continue
+            try:
+                inside(root, relative)
+            except UnsafePathError as error:
+                log.warning("Load Image Folder (RT4KSR): skipping %s: %s", path, error)
+                continue
+            if path.is_file():
+                names.append(relative)
+        if not names:
+            searched = f"{root} and its subfolders" if recursive else f"{root}, not its subfolders"
+            raise FileNotFoundError(f"no image in {folder!r} matches {pattern!r} (searched {searched})")
         return sorted(names)
+
+    @classmethod
+    def IS_CHANGED(cls, folder, pattern, recursive) -> str:
+        """A hash of each matching file's relative path, size and modification time: ComfyUI
+        reruns the loader (instead of reusing its list) when files are added or replaced."""
+        root = cls._root(folder)
+        digest = hashlib.sha256()
+        for item in cls.stream_items(folder, pattern, recursive):
+            stat = (root / item).stat()
+            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     @classmethod
     def stream_load(cls, item: str, folder, pattern, recursive) -> tuple:
@@ -109,7 +119,7 @@ class RT4KSRLoadImageFolder:
 
     @staticmethod
     def _root(folder: str) -> Path:
-        return _inside(bridge.directory("input"), folder or ".")
+        return inside(bridge.directory("input"), folder or ".")
 
     def load(self, folder, pattern, recursive):
         outputs, failures = ([], [], []), []
@@ -174,7 +184,7 @@ class RT4KSRSaveImageBatch:
             ) from None
         names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
         folder = PurePosixPath(subfolder or ".") / source.parent
-        return [_inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
+        return [inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
 
     @classmethod
     def output_complete(cls, path, name_template, subfolder, format, **_) -> bool:

@@ -22,8 +22,7 @@ from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageErro
 from PIL.PngImagePlugin import PngInfo
 
 from .. import comfy_bridge as bridge
-from ..fileio import atomic_write
-from .paths import UnsafePathError, inside
+from ..fileio import UnsafePathError, atomic_write, inside
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
