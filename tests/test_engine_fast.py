@@ -207,6 +207,14 @@ def test_frame_stream_equals_the_quantised_reference(fused_models, scale):
     assert (outputs[0] != expected).float().mean().item() < 1e-3
 
 
+def test_frame_stream_leaves_inference_mode_to_the_consumer(fused_models):
+    frames = _frames([(24, 32)] * 3)
+    for out in upscale_frames(fused_models[2], frames, device="cpu", precision="fp32"):
+        assert not torch.is_inference_mode_enabled()
+        assert not out.is_inference()
+        out[0, 0] = 0  # an ordinary tensor: the consumer may update it in place
+
+
 def test_frame_stream_checks_its_input(fused_models):
     with pytest.raises(ValueError, match="uint8"):
         list(upscale_frames(fused_models[2], [np.zeros((8, 8, 3), np.float32)], device="cpu"))

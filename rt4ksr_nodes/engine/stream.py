@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -44,27 +43,51 @@ def upscale_frames(
     pending: deque[tuple[torch.Tensor, torch.cuda.Event | None]] = deque()
     tiler: Tiler | None = None
     planned = None  # the frame size the tiler was made for
-    with torch.inference_mode():
-        for frame in frames:
-            host = _as_uint8_tensor(frame)
-            height, width = host.shape[:2]
-            if planned != (height, width):
-                tiler = make_tiler(model, (height, width), dtype, device, tile_size=tile_size)
-                planned = (height, width)
-            if cuda:
-                host = _pinned_copy(host)
-            with torch.cuda.stream(upload) if cuda else nullcontext():
-                staged = host.to(device, non_blocking=True)
-            if cuda:
-                torch.cuda.current_stream(device).wait_stream(upload)
-                staged.record_stream(torch.cuda.current_stream(device))
-            canvas = tiler.run(_to_network(staged, dtype))
-            result = _quantise(canvas[: tiler.scale * height, : tiler.scale * width])
-            pending.append(_fetch(result, download))
-            if len(pending) > in_flight:
-                yield _finished(pending.popleft())
-        while pending:
+    for frame in frames:
+        host = _as_uint8_tensor(frame)
+        height, width = host.shape[:2]
+        if planned != (height, width):
+            tiler = make_tiler(model, (height, width), dtype, device, tile_size=tile_size)
+            planned = (height, width)
+        # Made outside inference mode: the consumer gets ordinary tensors it may modify.
+        output = torch.empty(
+            (tiler.scale * height, tiler.scale * width, 3), dtype=torch.uint8, pin_memory=cuda
+        )
+        pending.append(_upscale_into(output, host, tiler, dtype, upload, download))
+        # Yielded outside inference mode, which would otherwise hold in the consumer's loop.
+        if len(pending) > in_flight:
             yield _finished(pending.popleft())
+    while pending:
+        yield _finished(pending.popleft())
+
+
+@torch.inference_mode()
+def _upscale_into(output: torch.Tensor, host: torch.Tensor, tiler: Tiler, dtype: torch.dtype,
+                  upload, download) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start one frame: upload (on CUDA), tiles, quantisation, download into `output`. Returns
+    `output` and, on CUDA, the event its download records."""
+    height, width = host.shape[:2]
+    if upload is None:
+        canvas = tiler.run(_to_network(host, dtype))
+        return _quantise(canvas[: tiler.scale * height, : tiler.scale * width], output), None
+    device = tiler.device
+    host = _pinned_copy(host)
+    with torch.cuda.stream(upload):
+        staged = host.to(device, non_blocking=True)
+    torch.cuda.current_stream(device).wait_stream(upload)
+    staged.record_stream(torch.cuda.current_stream(device))
+    canvas = tiler.run(_to_network(staged, dtype))
+    result = _quantise(
+        canvas[: tiler.scale * height, : tiler.scale * width],
+        torch.empty(output.shape, dtype=torch.uint8, device=device),
+    )
+    download.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(download):
+        output.copy_(result, non_blocking=True)
+        result.record_stream(download)
+        done = torch.cuda.Event()
+        done.record()
+    return output, done
 
 
 def _as_uint8_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -91,22 +114,10 @@ def _to_network(staged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return pixels.contiguous(memory_format=torch.channels_last)
 
 
-def _quantise(canvas: torch.Tensor) -> torch.Tensor:
+def _quantise(canvas: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
     # The canvas is already clamped to [0, 1]; fp32 so that 255 * x rounds like imageio's rint.
-    return (canvas.float() * 255).round_().to(torch.uint8)
-
-
-def _fetch(result: torch.Tensor, download) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    if download is None:
-        return result, None
-    download.wait_stream(torch.cuda.current_stream(result.device))
-    with torch.cuda.stream(download):
-        host = torch.empty(result.shape, dtype=torch.uint8, pin_memory=True)
-        host.copy_(result, non_blocking=True)
-        result.record_stream(download)
-        done = torch.cuda.Event()
-        done.record()
-    return host, done
+    # Whole numbers in [0, 255]: copying them into uint8 loses nothing.
+    return into.copy_((canvas.float() * 255).round_())
 
 
 def _finished(item: tuple[torch.Tensor, torch.cuda.Event | None]) -> torch.Tensor:
