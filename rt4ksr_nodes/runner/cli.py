@@ -147,8 +147,8 @@ def parse_value(text: str, kind) -> object:
 
 def _exit_code(summary: Summary, out) -> int:
     if summary.interrupted:
-        out.message("Interrupted: finished items are complete. Run the same command with --resume to do the rest.",
-                    {"event": "interrupted"})
+        hint = "Interrupted: finished items are complete. Run the same command with --resume to do the rest."
+        out.message(hint, {"event": "interrupted", "message": hint})
         return INTERRUPTED
     return FAILED if summary.failed else OK
 

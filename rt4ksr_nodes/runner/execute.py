@@ -152,7 +152,9 @@ class Runner:
                 self._run_stream(stream, after, summary)
             else:
                 self._run_once(summary)
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt):
+            # KeyboardInterrupt: a second Ctrl-C stops at once; the items reported are still
+            # complete, so the summary still counts them for --resume.
             summary.interrupted = True
         summary.seconds = time.perf_counter() - start
         self.emit({"event": "summary", **summary.as_dict()})
