@@ -192,3 +192,28 @@ def test_second_ctrl_c_still_ends_with_a_summary_and_the_resume_hint(tmp_path):
     assert final[0]["event"] == "stopping"
     assert final[1]["event"] == "summary" and final[1]["interrupted"] is True and final[1]["done"] == 0
     assert final[2]["event"] == "interrupted" and "--resume" in final[2]["message"]
+
+
+@pytest.mark.parametrize("document,message", [
+    ({"nodes": [{"id": 7, "mode": 0}], "links": []}, "node 7 has no type"),
+    ({"nodes": [{"id": 7, "type": "LoadImage"}], "links": [[1, 7]]}, "link [1, 7]"),
+    ({"nodes": ["LoadImage"], "links": []}, "node 'LoadImage' is not an object"),
+    ({"1": {"class_type": "LoadImage", "inputs": []}}, "node 1: inputs must be an object"),
+    ({"1": {"class_type": 5, "inputs": {}}}, "node 1: class_type must be a string"),
+])
+def test_malformed_workflows_are_invalid_not_crashes(folders, tmp_path, capsys, document, message):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(document))
+    assert main(folders, path, "--json") == 2
+    assert message in events(capsys)[0]["message"]
+
+
+def test_a_node_check_that_raises_is_a_problem(folders, tmp_path, capsys):
+    prompt = scale_api()
+    prompt["1"]["inputs"]["image"] = 123
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(prompt))
+    assert main(folders, path, "--json") == 2
+    problem = events(capsys)[0]
+    assert (problem["node"], problem["input"], problem["kind"]) == ("1", "image", "rejected_value")
+    assert "AttributeError" in problem["message"]

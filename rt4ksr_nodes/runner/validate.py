@@ -132,7 +132,10 @@ def _check_node(node_id: str, prompt: dict, cls, classes: dict) -> list[Problem]
             problem(name, "not_in_list", f"{value!r} is not one of {shown}")
     if custom and not problems:
         arguments = {k: (None if isinstance(inputs.get(k), list) else inputs.get(k)) for k in custom_args if k in inputs}
-        verdict = custom(**arguments)
+        try:
+            verdict = custom(**arguments)
+        except Exception as error:  # noqa: BLE001 - a value the node's check cannot handle
+            verdict = f"the node's check failed on these values: {type(error).__name__}: {error}"
         if verdict is not True:
             problem(", ".join(sorted(arguments)) or None, "rejected_value",
                     str(verdict) if verdict is not False else "rejected by the node")
