@@ -217,3 +217,33 @@ def test_a_node_check_that_raises_is_a_problem(folders, tmp_path, capsys):
     problem = events(capsys)[0]
     assert (problem["node"], problem["input"], problem["kind"]) == ("1", "image", "rejected_value")
     assert "AttributeError" in problem["message"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("1.recursive=flase", "'flase' is not a boolean"),
+    ("3.quality=90.9", "'90.9' is not a whole number"),
+    ("3.quality=ninety", "'ninety' is not a whole number"),
+])
+def test_set_values_that_do_not_fit_are_usage_errors(folders, tmp_path, capsys, override, message):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(batch_api()))
+    assert main(folders, path, "--validate-only", "--set", override) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_set_nan_is_refused_by_validation(folders, tmp_path, capsys):
+    write_png(folders[0] / "a.png")
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(scale_api()))
+    assert main(folders, path, "--json", "--validate-only", "--set", "2.scale_by=nan") == 2
+    assert [(p["input"], p["kind"]) for p in events(capsys)] == [("scale_by", "invalid_value")]
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("on", "BOOLEAN", True), ("False", "BOOLEAN", False), ("90", "INT", 90), ("90.0", "INT", 90),
+    ("-3", "INT", -3), ("0.5", "FLOAT", 0.5), ("2", [1, 2, 3], 2), ("16", ["8", "16"], "16"),
+    ("1.5", [1.5, 2.5], 1.5), ("d", ["a", "b"], "d"), ("4", "STRING", "4"),
+])
+def test_set_values_take_the_inputs_type(text, kind, value):
+    parsed = cli.parse_value(text, kind)
+    assert parsed == value and type(parsed) is type(value)

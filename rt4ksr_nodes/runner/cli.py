@@ -129,19 +129,35 @@ def apply_override(prompt: dict, classes: dict, override: str) -> None:
 
 
 def parse_value(text: str, kind) -> object:
-    """The command-line text as the input's type; validation reports values that do not fit."""
+    """The command-line text as the input's type: booleans and whole numbers must read as
+    such (a typo is a usage error, not a silent True or a truncated number); a choice from a
+    list takes the choice's own type. Range, NaN and list membership are left to validation."""
     if kind == "BOOLEAN":
         lowered = text.strip().lower()
         if lowered in ("true", "1", "yes", "on"):
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-    numeric = {"INT": (int, float), "FLOAT": (float,)}.get(kind, ()) if isinstance(kind, str) else ()
-    for convert_to in numeric:
+        raise UsageError(f"--set: {text!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+    if kind == "INT":
         try:
-            return convert_to(text)
+            return int(text)
         except ValueError:
-            continue
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None and number.is_integer():  # 90.0, 1e3
+            return int(number)
+        raise UsageError(f"--set: {text!r} is not a whole number")
+    if kind == "FLOAT":
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"--set: {text!r} is not a number") from None
+    if isinstance(kind, (list, tuple)):
+        return next((choice for choice in kind if str(choice) == text), text)
     return text
 
 

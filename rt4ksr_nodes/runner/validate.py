@@ -4,6 +4,7 @@ collecting every problem instead of stopping at the first one per output."""
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 CONVERTERS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -121,6 +122,9 @@ def _check_node(node_id: str, prompt: dict, cls, classes: dict) -> list[Problem]
             except (TypeError, ValueError) as error:
                 problem(name, "invalid_value", f"{value!r} is not a valid {kind}: {error}")
                 continue
+        if kind == "FLOAT" and math.isnan(value):  # NaN passes every min/max comparison
+            problem(name, "invalid_value", "NaN is not a valid FLOAT")
+            continue
         if name in custom_args:
             continue
         if "min" in options and value < options["min"]:
