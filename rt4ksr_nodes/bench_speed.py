@@ -18,6 +18,11 @@ Peak memory: CUDA: max_memory_allocated over warm-up and repetitions, minus what
 Checks: every output against the fused network's fp32 output computed on the CPU in the same
 run: PSNR (dB, on [0, 1] values) and the largest absolute difference (in 8-bit levels for e2e).
 The input is a fixed synthetic frame: smooth random colour fields plus fine noise.
+Order: every plain-form row, in every precision, before the engine's first use in the process:
+the engine changes process-wide state (on the CPU the glibc allocator policy, cpu.py), which a
+user running the bare model would not have. The environment records whether the policy was in
+force for the plain rows. With --json the report is rewritten after every row, so a run cut
+short keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -35,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .engine.accel import COMPILE_AFTER, GRAPH_AFTER, compile_policy
-from .engine.cpu import release_free_memory, tune_allocator
+from .engine import cpu
 from .engine.device import resolve_device, resolve_dtype
 from .engine.inference import make_tiler
 from .engine.prepare import accelerated
@@ -77,7 +83,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return self
-        release_free_memory()
+        cpu.release_free_memory()
         try:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
                 handle.write("5")  # resets VmHWM to the current resident set
@@ -211,6 +217,7 @@ def _row(case, form, device, precision, mode, result, psnr, largest) -> dict:
         "peak_mib": None if result["peak_bytes"] is None else result["peak_bytes"] / 2**20,
         "first_call_ms": 1000 * result["first_s"] if "first_s" in result else None,
         "repetitions": len(times),
+        "compile_policy": compile_policy(),
         "compiled": result["compiled"],
         "psnr_db": psnr,
         "max_abs_diff": largest,
@@ -251,11 +258,14 @@ def run_all(args) -> dict:
         with torch.inference_mode():
             reference = _as_hwc(_plain_model(fused, frame, torch.device("cpu"), torch.float32)())
         cases.append((f"x{scale} {width}x{height}", frame, train, fused, reference))
-    # Forms outermost: the plain forms run before the engine's first use, i.e. under the
-    # process's own CPU allocator policy, as a user running the bare model would.
-    for precision in precisions:
-        dtype = resolve_dtype(precision, device)
-        for form in args.forms:
+    environment = report["environment"]
+    # Forms outermost (see the module's docstring): plain rows before any engine row.
+    forms = sorted(set(args.forms), key=FORMS.index)
+    for form in forms:
+        if form == "engine" and not cuda and forms[0] != "engine":
+            environment["cpu_malloc_tuned_for_plain_forms"] = cpu.tuned()
+        for precision in precisions:
+            dtype = resolve_dtype(precision, device)
             for case, frame, train, fused, reference in cases:
                 for mode in args.modes:
                     result = _measure(
@@ -268,10 +278,24 @@ def run_all(args) -> dict:
                     row = _row(case, form, device, precision, mode, *result)
                     report["rows"].append(row)
                     print(_format(row), flush=True)
-    report["environment"]["loadavg_after"] = _loadavg()
-    report["environment"]["cpu_malloc_tuned_for_engine"] = None if cuda else tune_allocator()
-    _speedups(report["rows"])
+                    _save(report, args.json)
+    if not cuda and "engine" in forms:
+        environment["cpu_malloc_tuned_for_engine"] = cpu.tuned()
+    elif not cuda:
+        environment["cpu_malloc_tuned_for_plain_forms"] = cpu.tuned()
+    _save(report, args.json)
     return report
+
+
+def _save(report: dict, path: Path | None) -> None:
+    """Write the report as it stands, atomically: a run killed mid-write leaves the last one."""
+    report["environment"]["loadavg_after"] = _loadavg()
+    _speedups(report["rows"])
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _measure(form, mode, train, fused, frame, device, dtype, *, repeat, warmup, stream_frames,
@@ -318,8 +342,9 @@ def _speedups(rows: list[dict]) -> None:
 
 
 HEADER = (
-    f"{'case':15s} {'form':8s} {'dev':4s} {'prec':4s} {'mode':5s} {'median':>9s} {'min':>9s} "
-    f"{'max':>9s} {'fps':>7s} {'peakMiB':>8s} {'first':>9s} {'PSNR':>6s} {'max|d|':>8s}"
+    f"{'case':15s} {'form':8s} {'dev':4s} {'prec':4s} {'mode':5s} {'compile':7s} {'median':>9s} "
+    f"{'min':>9s} {'max':>9s} {'fps':>7s} {'peakMiB':>8s} {'first':>9s} {'PSNR':>6s} "
+    f"{'max|d|':>8s}"
 )
 
 
@@ -332,24 +357,41 @@ def _format(row: dict) -> str:
     form = row["form"] + ("+c" if row["compiled"] else "")
     return (
         f"{row['case']:15s} {form:8s} {row['device']:4s} {row['precision']:4s} "
-        f"{row['mode']:5s} {row['median_ms']:9.2f} {row['min_ms']:9.2f} {row['max_ms']:9.2f} "
-        f"{row['fps']:7.1f} {number(row['peak_mib'], 8)} {number(row['first_call_ms'], 9)} "
+        f"{row['mode']:5s} {row['compile_policy']:7s} {row['median_ms']:9.2f} "
+        f"{row['min_ms']:9.2f} {row['max_ms']:9.2f} {row['fps']:7.1f} "
+        f"{number(row['peak_mib'], 8)} {number(row['first_call_ms'], 9)} "
         f"{row['psnr_db']:6.1f} {largest}"
     )
 
 
-def table(report: dict) -> str:
-    environment = report["environment"]
-    lines = [
+def _environment_line(environment: dict) -> str:
+    line = (
         f"device {environment['device']} ({environment['cpu_threads']} CPU threads), torch "
         f"{environment['torch']}, compile policy {environment['compile_policy']}, loadavg "
-        f"{environment['loadavg_before']} -> {environment['loadavg_after']}",
-        "times in ms (model: NTIRE protocol; e2e: uint8 host -> uint8 host), first = first "
-        "call incl. planning/capture/compile; +c = compiled; PSNR/max|d| vs fused fp32 on the "
-        "CPU (max|d| in 8-bit levels for e2e)",
+        f"{environment['loadavg_before']} -> {environment.get('loadavg_after', 'n/a')}"
+    )
+    policy = []
+    for key, forms in (("cpu_malloc_tuned_for_plain_forms", "plain forms"),
+                       ("cpu_malloc_tuned_for_engine", "engine")):
+        if environment.get(key) is not None:
+            policy.append(f"{'on' if environment[key] else 'off'} for the {forms}")
+    return line + (f"; CPU allocator policy {', '.join(policy)}" if policy else "")
+
+
+def table(reports: list[dict]) -> str:
+    """One table from one or more reports (e.g. one per compile policy): each report's
+    environment on a line of its own, then all rows, each with its compile policy."""
+    rows = [row for report in reports for row in report["rows"]]
+    _speedups(rows)  # across reports: compiled engine rows against the other run's train rows
+    lines = [_environment_line(report["environment"]) for report in reports]
+    lines += [
+        "plain forms (train, fused) run before the engine in each process; times in ms (model: "
+        "NTIRE protocol; e2e: uint8 host -> uint8 host), first = first call incl. "
+        "planning/capture/compile; +c = compiled; PSNR/max|d| vs fused fp32 on the CPU (max|d| "
+        "in 8-bit levels for e2e)",
         HEADER + f" {'vs train':>8s}",
     ]
-    for row in report["rows"]:
+    for row in rows:
         speedup = row["speedup_vs_train"]
         lines.append(_format(row) + (f" {speedup:7.1f}x" if speedup else f" {'':8s}"))
     return "\n".join(lines)
@@ -374,21 +416,20 @@ def add_arguments(parser, weights_default: str) -> None:
     parser.add_argument("--weights", default=weights_default, help="folder with rt4ksr_x2/x3.pth")
 
 
-def merged(paths: list[Path]) -> dict:
-    """Several JSON reports (e.g. one per compile policy) as one: the first one's environment,
-    all rows."""
+def load_reports(paths: list[Path]) -> list[dict]:
     reports = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
-    return {"environment": reports[0]["environment"],
-            "rows": [row for report in reports for row in report["rows"]]}
+    for report in reports:  # rows written before rows carried their compile policy
+        for row in report["rows"]:
+            row.setdefault("compile_policy", report["environment"]["compile_policy"])
+    return reports
 
 
 def main(args) -> None:
     if args.table_from:
-        print(table(merged(args.table_from)))
+        print(table(load_reports(args.table_from)))
         return
     report = run_all(args)
     print()
-    print(table(report))
+    print(table([report]))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")

@@ -18,7 +18,8 @@ import os
 
 # Above a 4K frame's float32 planes (3840 x 2160 x 3 x 4 bytes = 100 MB): the result and the
 # network's output come from the heap and are reused call after call. Measured here (fp32,
-# medians): x3 720p upscale() 157 -> 111 ms, x2 1080p 235 -> 187 ms against 64/256 MiB.
+# medians): x3 720p upscale() 157 -> 111 ms, x2 1080p 235 -> 187 ms, compared with thresholds
+# of 64 and 256 MiB.
 MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 512 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
@@ -33,6 +34,11 @@ def tune_allocator() -> bool:
     if _tuned is None:
         _tuned = os.environ.get(SWITCH, "1") != "0" and _mallopt()
     return _tuned
+
+
+def tuned() -> bool:
+    """Whether the policy is in force, without applying it."""
+    return bool(_tuned)
 
 
 def _libc():

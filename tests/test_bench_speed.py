@@ -1,0 +1,77 @@
+"""python -m rt4ksr_nodes.bench all, on a small frame: row order, checks, the JSON report kept
+row by row, and tables merged from several reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import shared_path
+from rt4ksr_nodes import bench, bench_speed
+
+ARGS = ["all", "--device", "cpu", "--scale", "2", "--repeat", "2", "--train-repeat", "2",
+        "--warmup", "1", "--frames", "3"]
+
+
+@pytest.fixture
+def small_case(monkeypatch):
+    monkeypatch.setattr(bench_speed, "CASES", ((2, 64, 48),))
+    return ARGS + ["--weights", str(shared_path("weights"))]
+
+
+def test_plain_forms_run_first_and_every_output_is_checked(small_case, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    # Forms given engine first: the benchmark still measures the plain forms before it.
+    bench.main(small_case + ["--forms", "engine", "train", "fused", "--json", str(report_path)])
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    rows = report["rows"]
+    assert [(row["form"], row["mode"]) for row in rows] == [
+        (form, mode) for form in ("train", "fused", "engine") for mode in ("model", "e2e")
+    ]
+    for row in rows:
+        assert row["median_ms"] > 0 and row["fps"] > 0 and row["compile_policy"] == "auto"
+        if row["mode"] == "model":
+            assert row["psnr_db"] >= 100  # fp32 against fp32: rounding differences only
+        else:
+            assert row["max_abs_diff"] <= 1  # 8-bit levels
+    environment = report["environment"]
+    assert "cpu_malloc_tuned_for_plain_forms" in environment
+    assert environment["loadavg_after"]
+    assert "plain forms (train, fused) run before the engine" in capsys.readouterr().out
+
+
+def test_report_keeps_the_rows_finished_before_a_failure(small_case, tmp_path, monkeypatch):
+    report_path = tmp_path / "report.json"
+    measure, calls = bench_speed._measure, []
+
+    def failing_third(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a timeout's signal would stop the run
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench_speed, "_measure", failing_third)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(small_case + ["--forms", "train", "fused", "--json", str(report_path)])
+    rows = json.loads(report_path.read_text(encoding="utf-8"))["rows"]
+    assert [(row["form"], row["mode"]) for row in rows] == [("train", "model"), ("train", "e2e")]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_merged_table_shows_each_reports_environment(tmp_path, capsys):
+    paths = []
+    for policy, form, compiled in (("never", "train", False), ("always", "engine", True)):
+        row = {"case": "x2 64x48", "form": form, "device": "cuda", "precision": "fp16",
+               "mode": "model", "median_ms": 2.0 if compiled else 8.0, "min_ms": 1.0,
+               "max_ms": 3.0, "fps": 1.0, "peak_mib": None, "first_call_ms": None,
+               "compiled": compiled, "psnr_db": 60.0, "max_abs_diff": 0.001}
+        environment = {"device": "GPU", "cpu_threads": 4, "torch": "2", "compile_policy": policy,
+                       "loadavg_before": "0", "loadavg_after": "1"}
+        paths.append(tmp_path / f"{policy}.json")
+        paths[-1].write_text(json.dumps({"environment": environment, "rows": [row]}))
+    bench.main(["all", "--table-from", *map(str, paths)])
+    lines = capsys.readouterr().out.splitlines()
+    assert "compile policy never" in lines[0] and "compile policy always" in lines[1]
+    engine = next(line for line in lines if "engine+c" in line)
+    assert " always " in engine and engine.endswith("4.0x")  # against the other report's train
