@@ -38,7 +38,11 @@ def test_shared_editor_workflow_runs_with_a_title_override(folders, capsys):
     saved = folders[1] / "harness" / "scaled_00001_.png"
     image = Image.open(saved)
     assert image.size == (24, 18)
-    assert json.loads(image.text["workflow"]) == json.loads(shared_path("workflows", "scale_ui_workflow.json").read_text())
+    # The embedded editor graph shows the --set values, so dragging the PNG in gives what ran.
+    expected = json.loads(shared_path("workflows", "scale_ui_workflow.json").read_text())
+    expected["nodes"][0]["widgets_values"][0] = "mine.png"
+    expected["nodes"][1]["widgets_values"][1] = 3
+    assert json.loads(image.text["workflow"]) == expected
     assert json.loads(image.text["prompt"])["1"]["inputs"]["image"] == "mine.png"
     assert [e["event"] for e in events(capsys)] == ["start", "item", "summary"]
     # The PNG is itself a workflow: running it again gives the next file.
@@ -247,3 +251,19 @@ def test_set_nan_is_refused_by_validation(folders, tmp_path, capsys):
 def test_set_values_take_the_inputs_type(text, kind, value):
     parsed = cli.parse_value(text, kind)
     assert parsed == value and type(parsed) is type(value)
+
+
+def test_set_the_editor_graph_cannot_show_drops_it_from_the_metadata(folders, tmp_path):
+    """A /prompt body whose editor graph lacks the node --set changes: rather than embed a
+    graph that misstates what ran, the PNG then carries only the prompt."""
+    write_png(folders[0] / "a.png")
+    write_png(folders[0] / "b.png")
+    editor = json.loads(shared_path("workflows", "scale_ui_workflow.json").read_text())
+    body = {"prompt": scale_api(prefix="p"), "extra_data": {"extra_pnginfo": {"workflow": editor}}}
+    body["prompt"]["2"]["inputs"]["image"] = ["9", 0]
+    body["prompt"]["9"] = {"class_type": "LoadImage", "inputs": {"image": "b.png"}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(body))
+    assert main(folders, path, "--set", "9.image=a.png") == 0
+    text = Image.open(folders[1] / "p_00001_.png").text
+    assert "workflow" not in text and json.loads(text["prompt"])["9"]["inputs"]["image"] == "a.png"

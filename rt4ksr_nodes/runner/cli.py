@@ -62,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         classes = registry.node_classes()
         described = {**(object_info.load(args.object_info) if args.object_info else {}), **classes}
         prompt = copy.deepcopy(workflow.prompt) if workflow.prompt else convert.to_api(workflow.editor, described)
+        extra_pnginfo = copy.deepcopy(workflow.extra_pnginfo)
         for override in args.overrides:
-            apply_override(prompt, described, override)
+            node_id, name, value = apply_override(prompt, described, override)
+            graph = extra_pnginfo.get("workflow")
+            cls = described.get(prompt[node_id].get("class_type"))
+            if isinstance(graph, dict) and not convert.set_widget(graph, node_id, name, value, cls):
+                # Saved PNGs must not carry an editor graph that differs from what ran.
+                del extra_pnginfo["workflow"]
     except (formats.WorkflowError, object_info.ObjectInfoError, UsageError) as error:
         out.error(str(error))
         return INVALID
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         out.message(f"{args.workflow}: valid ({len(prompt)} nodes)", {"event": "valid", "nodes": len(prompt)})
         return OK
     bridge.directory("output").mkdir(parents=True, exist_ok=True)
-    runner = Runner(prompt, classes, extra_pnginfo=workflow.extra_pnginfo, resume=args.resume, jobs=args.jobs,
+    runner = Runner(prompt, classes, extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs,
                     on_event=out.event)
     with _interrupt_handler(out):
         summary = runner.run()
@@ -113,7 +119,8 @@ def find_node(prompt: dict, reference: str) -> str:
     raise UsageError(f"--set: no node with id or title {reference!r}")
 
 
-def apply_override(prompt: dict, classes: dict, override: str) -> None:
+def apply_override(prompt: dict, classes: dict, override: str) -> tuple[str, str, object]:
+    """Set one NODE.INPUT=VALUE in `prompt`; returns (node id, input name, value)."""
     target, equals, text = override.partition("=")
     reference, dot, name = target.rpartition(".")
     if not equals or not dot or not name:
@@ -125,7 +132,8 @@ def apply_override(prompt: dict, classes: dict, override: str) -> None:
         raise UsageError(f"--set: node {node_id} ({prompt[node_id]['class_type']}) has no input {name!r}; "
                          f"it has {', '.join(spec)}")
     kind = spec[name][1] if name in spec else "STRING"
-    prompt[node_id].setdefault("inputs", {})[name] = parse_value(text, kind)
+    value = prompt[node_id].setdefault("inputs", {})[name] = parse_value(text, kind)
+    return node_id, name, value
 
 
 def parse_value(text: str, kind) -> object:

@@ -93,6 +93,26 @@ def widget_layout(cls) -> list[str | None]:
     return layout
 
 
+def set_widget(graph: dict, node_id: str, name: str, value, cls) -> bool:
+    """Put `value` in the widget `name` of top-level node `node_id`, as the editor would
+    store it; False when the graph cannot show it (no such node or widget, or the input is
+    linked, so the value would not be what the editor sends)."""
+    node = next((n for n in graph.get("nodes") or [] if str(n.get("id")) == node_id), None)
+    if node is None or cls is None or name not in widget_layout(cls):
+        return False
+    if any(slot.get("name") == name and slot.get("link") is not None for slot in node.get("inputs") or []):
+        return False
+    values = node.get("widgets_values")
+    if isinstance(values, dict):
+        values[name] = value
+        return True
+    index = widget_layout(cls).index(name)
+    if not isinstance(values, list) or index >= len(values):
+        return False
+    values[index] = value
+    return True
+
+
 def to_api(graph: dict, classes: dict[str, type] | None = None) -> dict:
     """The API-format prompt for the editor graph `graph`."""
     classes = registry.node_classes() if classes is None else classes
