@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8, help="frames in the folder (default 8)")
     parser.add_argument("--size", default="1920x1080", help="frame size WxH (default 1920x1080)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+    parser.add_argument("--workdir", type=Path,
+                        help="work here and keep the frames and both outputs (a new or empty "
+                             "folder; default: a temporary one)")
 
 
 def synthetic_frames(folder: Path, count: int, width: int, height: int) -> None:
@@ -100,7 +105,7 @@ def run_runner(root: Path, device: str | None) -> tuple[float, float, int]:
 
 
 def run_cli_per_file(root: Path, device: str | None) -> tuple[float, int]:
-    """(wall seconds, images done) calling `python -m rt4ksr_nodes.upscale` once per file."""
+    """(wall seconds, images written) calling `python -m rt4ksr_nodes.upscale` once per file."""
     out = root / "cli_out"
     out.mkdir()
     frames = sorted((root / "input" / "frames").glob("*.png"))
@@ -110,13 +115,22 @@ def run_cli_per_file(root: Path, device: str | None) -> tuple[float, int]:
     for frame in frames:
         subprocess.run([*command, "--input", str(frame)], check=True, capture_output=True,
                        cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
-    return time.perf_counter() - start, len(frames)
+    return time.perf_counter() - start, len(list(out.glob("*.png")))
+
+
+@contextmanager
+def _workdir(folder: Path | None) -> Iterator[Path]:
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="rt4ksr_bench_runner_") as temporary:
+            yield Path(temporary)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
 
 
 def main(args: argparse.Namespace) -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
-    with tempfile.TemporaryDirectory(prefix="rt4ksr_bench_runner_") as temporary:
-        root = Path(temporary)
+    with _workdir(args.workdir) as root:
         (root / "input" / "frames").mkdir(parents=True)
         synthetic_frames(root / "input" / "frames", args.images, width, height)
         wall, engine, done = run_runner(root, args.device)
@@ -126,7 +140,9 @@ def main(args: argparse.Namespace) -> None:
         ("headless runner, folder batch", done / wall, engine / wall, "measured"),
         ("quick-inference CLI per file", cli_done / cli_wall, per_image * cli_done / cli_wall, "estimated"),
     ]
-    print(f"{done} synthetic {width}x{height} PNG frames, x2 to PNG, device {args.device or 'auto'}")
+    device = args.device or "auto"
+    print(f"{args.images} synthetic {width}x{height} PNG frames, x2 to PNG, device {device}")
+    print(f"images done: runner {done}, CLI {cli_done}")
     print(f"engine time per image {1000 * per_image:.0f} ms")
     print("| path | images/s | device busy | busy is |")
     print("|---|---:|---:|---|")
