@@ -38,6 +38,7 @@ class Headless:
     device: object = "auto"  # a torch.device or "auto" (the engine then picks CUDA, MPS, CPU)
     progress_factory: Callable[[], Callable[[int, int], None]] | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
+    metadata: bool = True  # embed the workflow in saved PNGs (ComfyUI's --disable-metadata turns it off)
 
     def folder(self, name: str) -> Path:
         explicit = {"input": self.input_dir, "output": self.output_dir}
@@ -79,6 +80,13 @@ def directory(kind: str) -> Path:
         getter = {"input": folder_paths.get_input_directory, "output": folder_paths.get_output_directory}
         return Path(getter[kind]())
     return headless.folder(kind)
+
+
+def save_metadata() -> bool:
+    """Whether saved PNGs carry the prompt and workflow: ComfyUI's --disable-metadata inside a
+    server, the runner's --no-metadata headless."""
+    cli_args = _comfy("comfy.cli_args")
+    return not cli_args.args.disable_metadata if cli_args is not None else headless.metadata
 
 
 def torch_device():

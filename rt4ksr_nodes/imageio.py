@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from .fileio import atomic_write
 
@@ -98,12 +99,14 @@ def _open(path: Path, max_pixels: int):
             Image.MAX_IMAGE_PIXELS = pillow
 
 
-def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95) -> None:
+def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95,
+                text: dict[str, str] | None = None) -> None:
     """Write atomically: a temporary file in the destination folder, then os.replace.
 
     The format follows the extension; 16-bit data goes to PNG and TIFF at 16 bits and to the
     8-bit formats (JPEG, WebP, BMP) quantised to 8 bits. `quality` (1-100) is the JPEG and
-    (lossy) WebP quality; the other formats are lossless and ignore it.
+    (lossy) WebP quality; the other formats are lossless and ignore it. `text` becomes PNG
+    text chunks (ComfyUI's workflow metadata); other formats have no place for it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -112,7 +115,7 @@ def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95) ->
     if not 1 <= quality <= 100:
         raise ValueError(f"{path}: quality must be 1-100, got {quality}")
     with atomic_write(path) as out:
-        _write(out, path, suffix, picture, quality)
+        _write(out, path, suffix, picture, quality, text or {})
 
 
 def _decode(path: Path, image: Image.Image) -> tuple[np.ndarray, int]:
@@ -180,14 +183,14 @@ def _quantise(pixels: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(pixels, 0, 1) * top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: int) -> None:
+def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: int, text: dict[str, str]) -> None:
     pixels, icc = picture.pixels, picture.icc_profile
     channels = pixels.shape[-1]
     wide = picture.bits == 16 and suffix in (".png", ".tif", ".tiff") and channels != 2
     if wide and channels == 1:
         image = Image.fromarray(_quantise(pixels[..., 0], 16))
     elif wide and suffix == ".png":
-        out.write(_png16(_quantise(pixels, 16), icc))
+        out.write(_png16(_quantise(pixels, 16), icc, text))
         return
     elif wide:
         out.write(_tiff16(_quantise(pixels, 16), icc))
@@ -202,6 +205,10 @@ def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: in
         options["quality"] = quality
     elif suffix == ".webp":
         options.update(lossless=False, quality=quality)
+    elif suffix == ".png" and text:
+        options["pnginfo"] = PngInfo()
+        for key, value in text.items():
+            options["pnginfo"].add_text(key, value)  # tEXt, or iTXt beyond Latin-1
     image.save(out, format=Image.registered_extensions()[suffix], **options)
 
 
@@ -209,7 +216,15 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png16(samples: np.ndarray, icc: bytes | None) -> bytes:
+def _text_chunk(key: str, value: str) -> bytes:
+    """tEXt when the text is Latin-1 (what PNG's tEXt holds), else uncompressed UTF-8 iTXt."""
+    try:
+        return _png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _png_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+def _png16(samples: np.ndarray, icc: bytes | None, text: dict[str, str]) -> bytes:
     """A 16-bit PNG of RGB or RGBA samples (H x W x C uint16), rows "Up"-filtered."""
     height, width, channels = samples.shape
     colour_type = 6 if channels == 4 else 2
@@ -222,6 +237,7 @@ def _png16(samples: np.ndarray, icc: bytes | None) -> bytes:
     chunks = [_png_chunk(b"IHDR", header)]
     if icc:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
+    chunks.extend(_text_chunk(key, value) for key, value in text.items())
     chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)))
     chunks.append(_png_chunk(b"IEND", b""))
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)

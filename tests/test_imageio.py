@@ -162,3 +162,14 @@ def test_quality_sets_the_lossy_encoders(tmp_path, suffix, lossy):
         assert (tmp_path / f"q{quality}{suffix}").read_bytes() == (tmp_path / f"pillow{quality}{suffix}").read_bytes()
     with pytest.raises(ValueError, match="quality must be 1-100"):
         write_image(tmp_path / f"bad{suffix}", Picture(pixels, 8), quality=0)
+
+
+@pytest.mark.parametrize("bits,channels", [(8, 3), (16, 3), (16, 4), (16, 1)])
+def test_png_text_chunks(tmp_path, bits, channels):
+    text = {"prompt": '{"1": {}}', "workflow": "caf\u00e9 \u20ac"}  # the euro sign needs iTXt
+    pixels = _samples(channels).astype(np.float32) / 65535
+    write_image(tmp_path / "t.png", Picture(pixels, bits), text=text)
+    with Image.open(tmp_path / "t.png") as image:
+        image.load()
+        assert image.text == text
+    assert read_image(tmp_path / "t.png").bits == bits

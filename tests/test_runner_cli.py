@@ -18,7 +18,7 @@ from rt4ksr_nodes.runner import cli, core_nodes
 
 @pytest.fixture(autouse=True)
 def restore_globals(monkeypatch):
-    monkeypatch.setattr(core_nodes, "SAVE_METADATA", core_nodes.SAVE_METADATA)
+    monkeypatch.setattr(bridge.headless, "metadata", bridge.headless.metadata)
     monkeypatch.setattr(bridge, "torch_device", bridge.torch_device)
 
 

@@ -1,6 +1,7 @@
 """Execution: ComfyUI's list semantics, streamed folder batches with bounded memory, resume after
 an interrupt, a corrupt file among good ones, and outputs kept inside the output folder."""
 
+import json
 import os
 import weakref
 
@@ -326,3 +327,22 @@ def test_folder_loader_skips_symlinks_out_of_the_input_folder(folders, tmp_path,
     os.symlink(folders[0] / "set" / "a.png", folders[0] / "set" / "alias.png")  # stays inside: kept
     assert batch.RT4KSRLoadImageFolder.stream_items("set", "*", False) == ["a.png", "alias.png"]
     assert "link.png" in caplog.text and "outside" in caplog.text
+
+
+@pytest.mark.parametrize("bits", ["8", "16"])
+def test_batch_png_carries_prompt_and_workflow(folders, bits):
+    write_png(folders[0] / "a.png")
+    prompt, workflow = batch_api(), {"nodes": [], "links": []}
+    prompt["3"]["inputs"]["bit_depth"] = bits
+    assert run(prompt, extra_pnginfo={"workflow": workflow}).done == 1
+    with Image.open(folders[1] / "a--2x.png") as saved:
+        saved.load()
+        assert json.loads(saved.text["prompt"]) == prompt and json.loads(saved.text["workflow"]) == workflow
+    bridge.headless.metadata = False  # the runner's --no-metadata
+    try:
+        assert run(prompt, extra_pnginfo={"workflow": workflow}).done == 1
+    finally:
+        bridge.headless.metadata = True
+    with Image.open(folders[1] / "a--2x.png") as saved:
+        saved.load()
+        assert not saved.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import fnmatch
 import hashlib
+import json
 import logging
 from pathlib import Path, PurePosixPath
 
@@ -166,7 +167,7 @@ class RT4KSRSaveImageBatch:
                 "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP quality."}),
             },
             "optional": {"mask": ("MASK", {"tooltip": "Optional mask, written as alpha."})},
-            "hidden": {"prompt": "PROMPT"},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     @classmethod
@@ -194,9 +195,11 @@ class RT4KSRSaveImageBatch:
             return False
         return all(target.is_file() for target in cls.targets(path, name_template, subfolder, format))
 
-    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None, prompt=None):
+    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None, prompt=None,
+             extra_pnginfo=None):
         height, width = images.shape[1:3]
         targets = self.targets(path, name_template, subfolder, format, len(images), width, height)
+        text = _png_text(prompt, extra_pnginfo) if format == "png" else None
         results = []
         written = self._written_in(prompt)
         for index, (image, target) in enumerate(zip(images, targets)):
@@ -207,7 +210,7 @@ class RT4KSRSaveImageBatch:
             alpha = _alpha(mask, index, pixels.shape[:2], path)
             if alpha is not None:
                 pixels = np.concatenate([pixels, alpha[..., None]], axis=-1)
-            job = _job(target, Picture(pixels, int(bit_depth)), format, quality)
+            job = _job(target, Picture(pixels, int(bit_depth)), format, quality, text)
             submit = WRITER.get()
             submit(job) if submit else job()
             relative = target.relative_to(bridge.directory("output").resolve())
@@ -253,13 +256,23 @@ def _alpha(mask, index: int, size, path) -> np.ndarray | None:
     return 1.0 - one.float().cpu().numpy()
 
 
-def _job(target: Path, picture: Picture, format: str, quality: int):
+def _png_text(prompt, extra_pnginfo) -> dict[str, str] | None:
+    """SaveImage's metadata: the prompt and each extra_pnginfo entry (the editor's workflow) as
+    JSON text chunks, so the PNG drags back into ComfyUI."""
+    if not bridge.save_metadata():
+        return None
+    text = {} if prompt is None else {"prompt": json.dumps(prompt)}
+    text.update({key: json.dumps(value) for key, value in (extra_pnginfo or {}).items()})
+    return text
+
+
+def _job(target: Path, picture: Picture, format: str, quality: int, text: dict[str, str] | None):
     if format == "jpeg" and picture.pixels.shape[-1] == 4:
         picture = Picture(picture.pixels[..., :3], picture.bits)  # JPEG has no alpha channel
 
     def write():
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_image(target, picture, quality)
+        write_image(target, picture, quality, text)
     return write
 
 

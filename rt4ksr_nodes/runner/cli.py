@@ -103,7 +103,7 @@ def _configure(args) -> None:
         except RuntimeError as error:
             raise UsageError(f"--device {args.device}: {error}") from error
         bridge.headless.device = device
-    core_nodes.SAVE_METADATA = not args.no_metadata
+    bridge.headless.metadata = not args.no_metadata
 
 
 def find_node(prompt: dict, reference: str) -> str:

@@ -29,8 +29,6 @@ UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP_METHODS = ["disabled", "center"]
 # Where PreviewImage writes headless (ComfyUI uses its temp folder, emptied at start-up).
 PREVIEW_DIR = Path(tempfile.gettempdir()) / "rt4ksr_preview"
-# ComfyUI's --disable-metadata; the runner's --no-metadata sets it.
-SAVE_METADATA = True
 
 
 def input_files() -> list[str]:
@@ -151,7 +149,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def png_metadata(prompt, extra_pnginfo) -> PngInfo | None:
-    if not SAVE_METADATA:
+    if not bridge.save_metadata():
         return None
     info = PngInfo()
     if prompt is not None:
