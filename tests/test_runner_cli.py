@@ -267,3 +267,16 @@ def test_set_the_editor_graph_cannot_show_drops_it_from_the_metadata(folders, tm
     assert main(folders, path, "--set", "9.image=a.png") == 0
     text = Image.open(folders[1] / "p_00001_.png").text
     assert "workflow" not in text and json.loads(text["prompt"])["9"]["inputs"]["image"] == "a.png"
+
+
+def test_a_run_starts_with_an_empty_preview_folder(folders, tmp_path):
+    write_png(folders[0] / "a.png")
+    stale = folders[1] / ".preview" / "old_temp_00001_.png"
+    write_png(stale)
+    prompt = scale_api()
+    prompt["3"] = {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(prompt))
+    assert main(folders, path) == 0
+    assert not stale.exists() and len(list((folders[1] / ".preview").iterdir())) == 1
+    assert [p for p in folders[1].iterdir()] == [folders[1] / ".preview"]

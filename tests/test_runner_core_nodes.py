@@ -55,12 +55,17 @@ def test_save_image_refuses_symlink_out(folders, tmp_path):
     assert not list((tmp_path / "elsewhere").iterdir())
 
 
-def test_preview_image_writes_to_the_preview_folder(folders, tmp_path, monkeypatch):
-    monkeypatch.setattr(core_nodes, "PREVIEW_DIR", tmp_path / "preview")
+def test_preview_image_writes_inside_the_output_folder(folders):
+    """Headless previews go to <output>/.preview (the runner writes nothing outside the output
+    folder), where ComfyUI's "name [temp]" annotation finds them."""
     result = core_nodes.PreviewImage().save_images(torch.zeros(1, 2, 2, 3))
     entry = result["ui"]["images"][0]
     assert entry["type"] == "temp" and entry["filename"].startswith("ComfyUI_temp_")
-    assert (tmp_path / "preview" / entry["filename"]).is_file() and not list(folders[1].iterdir())
+    assert [p.relative_to(folders[1]).as_posix() for p in folders[1].rglob("*.png")] == [
+        f".preview/{entry['filename']}"]
+    assert core_nodes.LoadImage.VALIDATE_INPUTS(f"{entry['filename']} [temp]") is True
+    core_nodes.clear_previews()
+    assert not (folders[1] / ".preview").exists()
 
 
 def test_load_image_rgba_gives_mask_as_inverted_alpha(folders):
@@ -88,6 +93,8 @@ def test_load_image_list_and_annotations(folders):
     assert core_nodes.input_files() == ["a.png", "b.png"]
     assert core_nodes.LoadImage.VALIDATE_INPUTS("o.png [output]") is True
     assert core_nodes.LoadImage().load_image("o.png [output]")[0].shape == (1, 32, 32, 3)
+    # One annotation, at the end, as ComfyUI's annotated_filepath: a second one is part of the name.
+    assert core_nodes.annotated_path("o.png [output] [input]") == (folders[0] / "o.png [output]").resolve()
 
 
 def test_image_scale_by_rounds_half_to_even_and_matches_interpolate():

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         out.message(f"{args.workflow}: valid ({len(prompt)} nodes)", {"event": "valid", "nodes": len(prompt)})
         return OK
     bridge.directory("output").mkdir(parents=True, exist_ok=True)
+    core_nodes.clear_previews()
     runner = Runner(prompt, classes, extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs,
                     on_event=out.event)
     with _interrupt_handler(out):

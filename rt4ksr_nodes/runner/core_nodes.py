@@ -12,7 +12,7 @@ import json
 import mimetypes
 import os
 import random
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
@@ -27,8 +27,10 @@ from ..fileio import UnsafePathError, atomic_write, inside
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP_METHODS = ["disabled", "center"]
-# Where PreviewImage writes headless (ComfyUI uses its temp folder, emptied at start-up).
-PREVIEW_DIR = Path(tempfile.gettempdir()) / "rt4ksr_preview"
+# Where PreviewImage writes headless, inside the output folder so that a run writes nothing
+# outside it; ComfyUI uses its temp folder, emptied at start-up, and the runner empties this
+# one at the start of each run.
+PREVIEW_FOLDER = ".preview"
 
 
 def input_files() -> list[str]:
@@ -41,13 +43,23 @@ def input_files() -> list[str]:
 
 
 def annotated_path(name: str) -> Path:
-    """ComfyUI's "name [input]" / "name [output]" annotations; plain names are in the input folder.
-    Raises UnsafePathError for names that lead out of that folder."""
-    folder = "input"
-    for kind in ("input", "output"):
+    """ComfyUI's "name [input]", "name [output]" and "name [temp]" (one annotation, at the end);
+    plain names are in the input folder. Raises UnsafePathError for names that lead out of
+    that folder."""
+    for kind in ("input", "output", "temp"):
         if name.endswith(f" [{kind}]"):
-            name, folder = name[: -len(kind) - 3], kind
-    return inside(bridge.directory(folder), name)
+            folder = preview_dir() if kind == "temp" else bridge.directory(kind)
+            return inside(folder, name[: -len(kind) - 3])
+    return inside(bridge.directory("input"), name)
+
+
+def preview_dir() -> Path:
+    return inside(bridge.directory("output"), PREVIEW_FOLDER)
+
+
+def clear_previews() -> None:
+    """Empty the preview folder: previews last one run, as ComfyUI's temp files last one session."""
+    shutil.rmtree(preview_dir(), ignore_errors=True)
 
 
 def _pillow(fn, arg):
@@ -214,8 +226,7 @@ class PreviewImage(SaveImage):
         return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
 
     def folder(self) -> Path:
-        PREVIEW_DIR.mkdir(parents=True, exist_ok=True)
-        return PREVIEW_DIR
+        return preview_dir()
 
 
 def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
