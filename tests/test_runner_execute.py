@@ -222,12 +222,23 @@ def test_interrupted_run_resumes_without_redoing(folders, test_nodes):
 @pytest.mark.parametrize("field,value", [("name_template", "../../{stem}"), ("subfolder", ".."),
                                          ("name_template", "/tmp/{stem}")])
 def test_batch_outputs_stay_inside_output(folders, field, value):
+    """Refused by validation, before any model runs, and by the saver itself."""
     write_png(folders[0] / "a.png")
     prompt = batch_api()
     prompt["3"]["inputs"][field] = value
-    summary = run(prompt)
-    assert summary.failed == 1 and "not allowed" in summary.failures[0][1]
+    problems = validate(prompt, registry.node_classes())
+    assert [(p.node_id, p.kind) for p in problems] == [("3", "rejected_value")]
+    assert "not allowed" in problems[0].message
+    arguments = {**prompt["3"]["inputs"], "path": "a.png"}
+    with pytest.raises(ValueError, match="not allowed"):
+        batch.RT4KSRSaveImageBatch().save(torch.rand(1, 8, 8, 3), **{k: v for k, v in arguments.items() if k != "images"})
     assert not any(folders[1].parent.glob("*.png")) and not list(folders[1].iterdir())
+
+
+def test_batch_name_template_with_an_unknown_field_is_invalid(folders):
+    prompt = batch_api(template="{name}--2x")
+    assert [p.message for p in validate(prompt, registry.node_classes())] == [
+        "name_template '{name}--2x': KeyError('name') is not a known field; use {stem}, {ext}, {width} and {height}"]
 
 
 def test_batch_loader_refuses_folder_outside_input(folders):

@@ -188,6 +188,19 @@ class RT4KSRSaveImageBatch:
         return [inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
 
     @classmethod
+    def VALIDATE_INPUTS(cls, name_template, subfolder):
+        """Refuse names that could never be written before any image is computed; a dummy
+        source stands in for the paths that come from the loader. Linked values (None here)
+        are checked when the images are saved."""
+        if name_template is None or subfolder is None:
+            return True
+        try:
+            cls.targets("source.png", name_template, subfolder, "png")
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def output_complete(cls, path, name_template, subfolder, format, **_) -> bool:
         """True when this source's output exists (the runner's --resume); only single images
         with names free of {width}/{height} can be known before the image is computed."""
