@@ -64,6 +64,21 @@ class Collect:
         return {"ui": {"values": values}}
 
 
+class CollectImages:
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    INPUT_IS_LIST = True
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    def run(self, images):
+        calls.append(("CollectImages", len(images)))
+        return {"ui": {}}
+
+
 class Watch:
     """IMAGE pass-through recording how many loaded images are alive, and interrupting on cue."""
 
@@ -96,7 +111,8 @@ class WatchedFolder(RT4KSRLoadImageFolder):
 
 @pytest.fixture
 def test_nodes():
-    nodes = {"Numbers": Numbers, "Add": Add, "Collect": Collect, "Watch": Watch, "WatchedFolder": WatchedFolder}
+    nodes = {"Numbers": Numbers, "Add": Add, "Collect": Collect, "Watch": Watch, "WatchedFolder": WatchedFolder,
+             "CollectImages": CollectImages}
     for name, cls in nodes.items():
         registry.register(name, cls)
     calls.clear()
@@ -357,3 +373,41 @@ def test_batch_png_carries_prompt_and_workflow(folders, bits):
     with Image.open(folders[1] / "a--2x.png") as saved:
         saved.load()
         assert not saved.text
+
+
+def test_whole_list_run_warns_and_counts_unreadable_files(folders, test_nodes):
+    for name in ("a", "c"):
+        write_png(folders[0] / f"{name}.png")
+    (folders[0] / "b.png").write_bytes(b"\x89PNG broken")
+    prompt = {"1": batch_api()["1"], "2": {"class_type": "CollectImages", "inputs": {"images": ["1", 0]}}}
+    events = []
+    summary = run(prompt, resume=True, on_event=events.append)
+    assert calls == [("CollectImages", 2)]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "node 2 (CollectImages) takes the whole list" in warnings[0]
+    assert "--resume does not apply" in warnings[0]
+    assert (summary.total, summary.done, summary.failed) == (2, 1, 1)
+    assert summary.failures[0][0] == "b.png" and "b.png" in summary.failures[0][1]
+
+
+def test_two_folder_sources_warn(folders):
+    write_png(folders[0] / "a.png")
+    prompt = batch_api()
+    prompt["4"] = {"class_type": "RT4KSRLoadImageFolder", "inputs": {"folder": "", "pattern": "*", "recursive": False}}
+    prompt["3"]["inputs"]["path"] = ["4", 2]
+    events = []
+    assert run(prompt, on_event=events.append).done == 1
+    assert [e["message"] for e in events if e["event"] == "warning"] == [
+        "not streaming: 2 folder sources (nodes 1, 4), so every image is loaded into memory at once"]
+
+
+def test_streamed_run_reports_outputs_of_nodes_that_run_once(folders):
+    write_png(folders[0] / "a.png")
+    prompt = batch_api()
+    prompt["5"] = {"class_type": "LoadImage", "inputs": {"image": "a.png"}}
+    prompt["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "once"}}
+    events = []
+    summary = run(prompt, on_event=events.append)
+    once, item = str(folders[1] / "once_00001_.png"), str(folders[1] / "a--2x.png")
+    assert sorted(summary.outputs) == [item, once]
+    assert events[0] == {"event": "start", "total": 1, "outputs": [once]}

@@ -32,6 +32,9 @@ PATH_SLOT = 2  # the loader's output carrying the file's relative path
 
 # Set by the headless runner: submit(job) runs job() on an encoder thread.
 WRITER: contextvars.ContextVar = contextvars.ContextVar("rt4ksr_batch_writer", default=None)
+# Set by the headless runner when it loads a whole folder at once: skipped(item, error) counts
+# an unreadable file as a failed item (inside ComfyUI it is only logged).
+SKIPPED: contextvars.ContextVar = contextvars.ContextVar("rt4ksr_batch_skipped", default=None)
 
 
 def _as_comfy(picture: Picture) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +133,9 @@ class RT4KSRLoadImageFolder:
             except ImageReadError as error:  # one bad file must not sink the others
                 log.warning("Load Image Folder (RT4KSR): skipping %s", error)
                 failures.append(str(error))
+                report = SKIPPED.get()
+                if report:
+                    report(item, str(error))
                 continue
             for collected, value in zip(outputs, loaded):
                 collected.extend(value)

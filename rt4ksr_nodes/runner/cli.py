@@ -250,6 +250,8 @@ class _Output:
             from tqdm import tqdm
 
             self.overall = tqdm(total=event["total"], unit="img", desc="overall", file=sys.stderr, position=0)
+        elif kind == "warning":
+            self._print(f"warning: {event['message']}")
         elif kind == "item":
             if event["status"] == "failed":
                 self._print(f"failed: {event['error']}")

@@ -142,10 +142,15 @@ class Runner:
     def run(self) -> Summary:
         summary = Summary()
         start = time.perf_counter()
-        sources = [n for n in self.order if hasattr(self._class(n), "stream_items")]
+        sources = [n for n in self.order if _is_stream_source(self._class(n))]
         stream = sources[0] if len(sources) == 1 else None
         after = self._dependants(stream) if stream else set()
-        if stream and any(getattr(self._class(n), "INPUT_IS_LIST", False) for n in after):
+        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)]
+        if len(sources) > 1 or whole:
+            why = (f"{len(sources)} folder sources (nodes {', '.join(sources)})" if len(sources) > 1
+                   else f"node {whole[0]} ({self.prompt[whole[0]]['class_type']}) takes the whole list")
+            self.emit({"event": "warning", "message": f"not streaming: {why}, so every image is loaded into "
+                       "memory at once" + (" and --resume does not apply" if self.resume else "")})
             stream = None
         try:
             if stream:
@@ -172,21 +177,29 @@ class Runner:
         summary.total = 1
         self.emit({"event": "start", "total": 1})
         cache, ui = {}, []
+
+        def skipped(item: str, error: str) -> None:  # a folder file the loader could not read
+            summary.total += 1
+            self._finish(summary, item, error, [])
+
+        token = batch.SKIPPED.set(skipped)
         try:
             for node_id in self.order:
                 self._run_node(node_id, cache, ui)
         except NodeError as error:
             self._finish(summary, "workflow", str(error), [])
             return
+        finally:
+            batch.SKIPPED.reset(token)
         self._finish(summary, "workflow", None, _files(ui))
 
     def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
-        static = {}
+        static, ui = {}, []
         cls = self._class(source)
         try:
             for node_id in self.order:
                 if node_id != source and node_id not in after:
-                    self._run_node(node_id, static, [])
+                    self._run_node(node_id, static, ui)
             arguments = {k: v[0] for k, v in self._input_data(source, static).items()}
             items = cls.stream_items(**arguments)
         except (NodeError, OSError, ValueError) as error:
@@ -195,7 +208,8 @@ class Runner:
             return
         self.sinks = [n for n in self.order if n in after and getattr(self._class(n), "OUTPUT_NODE", False)]
         summary.total = len(items)
-        self.emit({"event": "start", "total": len(items)})
+        summary.outputs.extend(_files(ui))  # outputs of the nodes that run once, before the items
+        self.emit({"event": "start", "total": len(items), "outputs": _files(ui)})
         downstream = [n for n in self.order if n in after]
         decoded: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -339,6 +353,10 @@ def _merge(results: list[tuple], cls) -> list[list]:
         else:
             merged.append([r[index] for r in results])
     return merged
+
+
+def _is_stream_source(cls) -> bool:
+    return hasattr(cls, "stream_items") and hasattr(cls, "stream_load")
 
 
 def _files(ui: list[dict]) -> list[str]:
