@@ -411,3 +411,63 @@ def test_streamed_run_reports_outputs_of_nodes_that_run_once(folders):
     once, item = str(folders[1] / "once_00001_.png"), str(folders[1] / "a--2x.png")
     assert sorted(summary.outputs) == [item, once]
     assert events[0] == {"event": "start", "total": 1, "outputs": [once]}
+
+
+class Counted:
+    """IMAGE pass-through counting instances and INPUT_TYPES calls; returns nothing when asked."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    made = specs = 0
+    short = False
+
+    def __init__(self):
+        Counted.made += 1
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        Counted.specs += 1
+        return {"required": {"image": ("IMAGE",)}}
+
+    def run(self, image):
+        return () if Counted.short else (image,)
+
+
+@pytest.fixture
+def counted():
+    registry.register("Counted", Counted)
+    Counted.made = Counted.specs = 0
+    Counted.short = False
+    yield
+    registry.unregister("Counted")
+
+
+def test_a_node_is_made_once_and_described_once_per_run(folders, counted):
+    for i in range(3):
+        write_png(folders[0] / f"{i}.png", seed=i)
+    prompt = batch_api()
+    prompt["4"] = {"class_type": "Counted", "inputs": {"image": ["2", 0]}}
+    prompt["3"]["inputs"]["images"] = ["4", 0]
+    classes = registry.node_classes()
+    assert validate(prompt, classes) == []
+    Counted.specs = 0
+    assert Runner(prompt, classes).run().done == 3
+    assert (Counted.made, Counted.specs) == (1, 1)
+
+
+def test_a_node_returning_too_few_values_fails_naming_it(folders, counted):
+    write_png(folders[0] / "a.png")
+    prompt = scale_api()
+    prompt["4"] = {"class_type": "Counted", "inputs": {"image": ["2", 0]}}
+    prompt["3"]["inputs"]["images"] = ["4", 0]
+    Counted.short = True
+    summary = run(prompt)
+    assert summary.failed == 1
+    assert "node 4 (Counted)" in summary.failures[0][1] and "1 output" in summary.failures[0][1]
+
+
+def test_a_dead_reader_thread_fails_the_run_instead_of_hanging(folders, monkeypatch):
+    write_png(folders[0] / "a.png")
+    monkeypatch.setattr(Runner, "_prefetch", lambda self, *args: None)  # dies without a word
+    summary = run(batch_api())
+    assert summary.failed == 1 and "reader" in summary.failures[0][1]

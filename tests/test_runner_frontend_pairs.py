@@ -71,7 +71,7 @@ def test_the_cases_are_all_there():
 
 def test_definitions_only_describe(classes):
     sampler = classes["KSampler"]
-    assert object_info.is_definition_only(sampler) and not hasattr(sampler, "FUNCTION")
+    assert not hasattr(sampler, "FUNCTION")  # described only: running it needs ComfyUI
     assert sampler.DISPLAY_NAME == "KSampler" and sampler.RETURN_TYPES == ("LATENT",)
     assert classes["ImageBlend"].DISPLAY_NAME == "ImageBlend"  # display_name null: the name
     blend_mode = classes["ImageBlend"].INPUT_TYPES()["required"]["blend_mode"]

@@ -128,7 +128,7 @@ def apply_override(prompt: dict, classes: dict, override: str) -> tuple[str, str
         raise UsageError(f"--set {override!r}: expected NODE.INPUT=VALUE")
     node_id = find_node(prompt, reference)
     cls = classes.get(prompt[node_id].get("class_type"))
-    spec = input_spec(cls) if cls else {}
+    spec = input_spec(cls.INPUT_TYPES()) if cls else {}
     if cls and name not in spec:
         raise UsageError(f"--set: node {node_id} ({prompt[node_id]['class_type']}) has no input {name!r}; "
                          f"it has {', '.join(spec)}")

@@ -86,6 +86,7 @@ class Runner:
         self.resume, self.jobs, self.prefetch = resume, max(1, jobs), max(1, prefetch)
         self.emit = on_event or (lambda event: None)
         self.instances: dict[str, object] = {}
+        self.specs: dict[type, dict] = {}  # INPUT_TYPES() per class, once per run (LoadImage lists a folder)
         needed = needed_nodes(prompt, output_nodes(prompt, classes))
         self.order = topological(prompt, needed)
 
@@ -94,9 +95,15 @@ class Runner:
     def _class(self, node_id):
         return self.classes[self.prompt[node_id]["class_type"]]
 
+    def _definitions(self, cls) -> dict:
+        if cls not in self.specs:
+            self.specs[cls] = cls.INPUT_TYPES()
+        return self.specs[cls]
+
     def _input_data(self, node_id: str, cache: dict) -> dict:
         cls = self._class(node_id)
-        spec = input_spec(cls)
+        definitions = self._definitions(cls)
+        spec = input_spec(definitions)
         data = {}
         for name, value in self.prompt[node_id]["inputs"].items():
             if is_link(value):
@@ -104,14 +111,16 @@ class Runner:
             elif name in spec:
                 data[name] = [value]
         hidden = {"PROMPT": self.prompt, "EXTRA_PNGINFO": self.extra_pnginfo, "UNIQUE_ID": node_id}
-        for name, kind in (cls.INPUT_TYPES().get("hidden") or {}).items():
+        for name, kind in (definitions.get("hidden") or {}).items():
             if kind in hidden:
                 data[name] = [hidden[kind]]
         return data
 
     def _run_node(self, node_id: str, cache: dict, ui: list) -> None:
         cls = self._class(node_id)
-        obj = self.instances.setdefault(node_id, cls())
+        if node_id not in self.instances:
+            self.instances[node_id] = cls()
+        obj = self.instances[node_id]
         data = self._input_data(node_id, cache)
         function = getattr(obj, cls.FUNCTION)
         if getattr(cls, "INPUT_IS_LIST", False):
@@ -134,7 +143,11 @@ class Runner:
             if isinstance(result, dict):
                 ui.append(result.get("ui") or {})
                 result = result.get("result", ())
-            results.append(tuple(result))
+            result, expected = tuple(result), len(getattr(cls, "RETURN_TYPES", ()))
+            if len(result) < expected:
+                name = self.prompt[node_id]["class_type"]
+                raise NodeError(f"node {node_id} ({name}): returned {len(result)} values for its {expected} outputs")
+            results.append(result)
         cache[node_id] = _merge(results, cls)
 
     # -- whole runs -------------------------------------------------------------------------------
@@ -220,7 +233,7 @@ class Runner:
             reader.start()
             try:
                 for _ in items:
-                    item, outputs, error = decoded.get()
+                    item, outputs, error = _next(decoded, reader)
                     _check_interrupt()
                     files, futures = [], []
                     if outputs is not None and error is None:
@@ -229,10 +242,13 @@ class Runner:
                     # Reported in order, once the item's writes are done; a skip has no outputs.
                     pending.append((item, error, files, futures, outputs is None and error is None))
                     self._drain(pending, summary, block=False)
+            except ReaderDied as error:
+                self._finish(summary, "workflow", str(error), [])
             finally:
                 stop.set()
                 _empty(decoded)
                 self._drain(pending, summary, block=True)
+                reader.join()
 
     def _prefetch(self, cls, items, arguments, static, source, decoded, stop) -> None:
         """Decode items in order ahead of the model; (item, None, None) marks a resume skip."""
@@ -343,8 +359,9 @@ class _Writers:
 
 
 def _merge(results: list[tuple], cls) -> list[list]:
-    """Per output, the values of every call; OUTPUT_IS_LIST outputs are concatenated."""
-    count = len(getattr(cls, "RETURN_TYPES", ()))
+    """Per output, the values of every call; OUTPUT_IS_LIST outputs are concatenated. As in
+    ComfyUI the first call's values set the count (RETURN_TYPES when there was no call)."""
+    count = len(results[0]) if results else len(getattr(cls, "RETURN_TYPES", ()))
     is_list = getattr(cls, "OUTPUT_IS_LIST", (False,) * count)
     merged = []
     for index in range(count):
@@ -367,6 +384,21 @@ def _files(ui: list[dict]) -> list[str]:
             if image.get("type") == "output":
                 files.append(str(output / image.get("subfolder", "") / image["filename"]))
     return files
+
+
+class ReaderDied(RuntimeError):
+    """The prefetch thread ended before handing over every item."""
+
+
+def _next(decoded: queue.Queue, reader: threading.Thread):
+    """The next decoded item; waiting in short steps so that a reader that died (it reports
+    every failure it expects as an item) ends the run instead of blocking it forever."""
+    while True:
+        try:
+            return decoded.get(timeout=0.2)
+        except queue.Empty:
+            if not reader.is_alive() and decoded.empty():
+                raise ReaderDied("the image reader thread stopped unexpectedly; the remaining items were not run") from None
 
 
 def _empty(decoded: queue.Queue) -> None:

@@ -31,15 +31,10 @@ def definitions(info: dict) -> dict[str, type]:
     return {name: _definition(name, entry) for name, entry in info.items()}
 
 
-def is_definition_only(cls) -> bool:
-    return getattr(cls, "DEFINITION_ONLY", False)
-
-
 def _definition(name: str, entry: dict) -> type:
     spec = {section: {key: _input(value) for key, value in (entry["input"].get(section) or {}).items()}
             for section in ("required", "optional") if entry["input"].get(section)}
     return type(name, (), {
-        "DEFINITION_ONLY": True,
         "INPUT_TYPES": classmethod(lambda cls: spec),
         "RETURN_TYPES": tuple(entry.get("output") or ()),
         "RETURN_NAMES": tuple(entry.get("output_name") or ()),

@@ -29,10 +29,10 @@ def is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
-def input_spec(cls) -> dict[str, tuple[str, object, dict]]:
-    """name -> (category, type, options) for the required and optional inputs of `cls`."""
+def input_spec(definitions: dict) -> dict[str, tuple[str, object, dict]]:
+    """name -> (category, type, options) for the required and optional inputs of a node class,
+    from its INPUT_TYPES()."""
     spec = {}
-    definitions = cls.INPUT_TYPES()
     for category in ("required", "optional"):
         for name, entry in (definitions.get(category) or {}).items():
             options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
@@ -105,7 +105,7 @@ def _check_node(node_id: str, prompt: dict, cls, classes: dict) -> list[Problem]
     def problem(name, kind, message):
         problems.append(Problem(node_id, class_type, name, kind, message))
 
-    for name, (category, kind, options) in input_spec(cls).items():
+    for name, (category, kind, options) in input_spec(cls.INPUT_TYPES()).items():
         if name not in inputs:
             if category == "required":
                 problem(name, "missing_input", "required input is missing (not connected and no value)")
