@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import ROOT, shared_path
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes import comfy_bridge as bridge
-from rt4ksr_nodes.runner import cli, core_nodes
+from rt4ksr_nodes.runner import cli
 
 
 @pytest.fixture(autouse=True)
