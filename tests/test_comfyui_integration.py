@@ -157,3 +157,35 @@ def test_headless_runner_saves_the_servers_pixels(server, folders, monkeypatch, 
     assert ours.shape == served.shape
     difference = np.abs(ours - served)
     assert difference.max() <= 1 and (difference == 0).mean() >= 0.999
+
+
+def test_folder_batch_runs_in_the_server_as_headless(server, folders, monkeypatch):
+    """Load Image Folder gives ComfyUI a list: the nodes after it run once per image, and Save
+    Image Batch writes the same files, with the same pixels, as the headless runner."""
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_folder_batch.api.json").read_text())
+    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
+    deadline = time.time() + 300
+    while not (history := http(f"{url}/history/{prompt_id}")):
+        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
+        time.sleep(1)
+    assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+    served = sorted((base / "output" / "batch_x2").glob("*.png"))
+    assert [p.name for p in served] == [
+        "dusk_1280x720--2x.png", "dusk_1920x1080--2x.png", "dusk_640x360--2x.png"
+    ]
+
+    from rt4ksr_nodes.runner import registry
+    from rt4ksr_nodes.runner.execute import Runner
+
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(2).parent))
+    for image in (ROOT / "workflows" / "inputs").glob("dusk_*[0-9].png"):
+        shutil.copy(image, folders[0])
+    summary = Runner(prompt, registry.node_classes()).run()
+    assert (summary.done, summary.failed) == (3, 0), summary.failures
+    for path in served:
+        ours = np.asarray(Image.open(folders[1] / "batch_x2" / path.name)).astype(np.int16)
+        theirs = np.asarray(Image.open(path)).astype(np.int16)
+        assert ours.shape == theirs.shape
+        difference = np.abs(ours - theirs)
+        assert difference.max() <= 1 and (difference == 0).mean() >= 0.999
