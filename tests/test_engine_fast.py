@@ -19,7 +19,6 @@ from rt4ksr_nodes import upscale
 from rt4ksr_nodes.engine import upscale_frames
 from rt4ksr_nodes.engine.cpu import tune_allocator
 from rt4ksr_nodes.engine.device import resolve_device
-from rt4ksr_nodes.engine.inference import make_tiler
 from rt4ksr_nodes.engine.prepare import ChannelsLastLayerNorm, accelerated, prepared
 from rt4ksr_nodes.engine.tiling import Box, split, window
 from rt4ksr_nodes.model import load_model

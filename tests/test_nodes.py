@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 from conftest import checkpoint_path, image_paths, load_rgb
 from engine_helpers import reference, reference_alpha
-from rt4ksr_nodes import comfy_bridge, save_model, upscale
+from rt4ksr_nodes import comfy_bridge, save_model
 from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from rt4ksr_nodes.nodes import catalogue
 from rt4ksr_nodes.nodes.upscale import plan
 
 SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL", "STRING"}  # STRING: a forceInput socket
