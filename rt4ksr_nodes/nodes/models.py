@@ -42,7 +42,7 @@ class RT4KSRModelLoader:
                     {
                         "default": True,
                         "tooltip": "Fuse each train-time block into one 3x3 convolution: the "
-                        "same output, about 4x faster. Turn off only to inspect the train-time "
+                        "same output, 2.5-4x faster. Turn off only to inspect the train-time "
                         "network.",
                     },
                 ),
