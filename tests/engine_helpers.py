@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from conftest import image_paths, load_rgb
+from ground_truth import image_paths, load_rgb
 
 
 def reference(model, image: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import shared_path
+from ground_truth import shared_path
 from engine_helpers import reference
 from rt4ksr_nodes import bench, load_model
 from rt4ksr_nodes.bench_runner import folder_prompt

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import shared_path
+from ground_truth import shared_path
 from rt4ksr_nodes import bench, bench_speed
 
 ARGS = ["all", "--device", "cpu", "--scale", "2", "--repeat", "2", "--train-repeat", "2",

@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 
-from conftest import checkpoint_path, load_rgb, image_paths
+from ground_truth import checkpoint_path, load_rgb, image_paths
 from rt4ksr_nodes import CheckpointError, load_model, save_model
 from rt4ksr_nodes.model import read_checkpoint
 from rt4ksr_nodes.model.checkpoint import file_sha256

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, checkpoint_path
+from ground_truth import ROOT, checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")

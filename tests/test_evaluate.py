@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import checkpoint_path, shared_path
+from ground_truth import checkpoint_path, shared_path
 from rt4ksr_nodes import evaluate as ev
 from rt4ksr_nodes.imresize import imresize_uint8
 from rt4ksr_nodes.metrics import measure, psnr

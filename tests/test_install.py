@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, checkpoint_path, shared_path
+from ground_truth import ROOT, checkpoint_path, shared_path
 
 
 def run_install(*args: str, cwd: Path = ROOT, env_extra: dict | None = None):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SCALES, checkpoint_path, image_paths, load_rgb
+from ground_truth import SCALES, checkpoint_path, image_paths, load_rgb
 from rt4ksr_nodes import reparameterize
 
 # An independent functional re-computation, straight from the raw checkpoint tensors: no code of

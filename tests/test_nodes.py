@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import checkpoint_path, image_paths, load_rgb
+from ground_truth import checkpoint_path, image_paths, load_rgb
 from engine_helpers import reference, reference_alpha
 from rt4ksr_nodes import comfy_bridge, save_model
 from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS

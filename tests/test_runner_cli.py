@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import ROOT, shared_path
+from ground_truth import ROOT, shared_path
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes import comfy_bridge as bridge
 from rt4ksr_nodes.runner import cli

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import shared_path
+from ground_truth import shared_path
 from runner_helpers import editor_graph, editor_node
 from rt4ksr_nodes.runner import convert, registry
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from conftest import shared_path
+from ground_truth import shared_path
 from rt4ksr_nodes.runner import formats
 
 

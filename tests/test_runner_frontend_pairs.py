@@ -34,7 +34,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from ground_truth import ROOT
 from rt4ksr_nodes.runner import convert, object_info, registry
 
 DATA = ROOT / "tests" / "data" / "frontend"

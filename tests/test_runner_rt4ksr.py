@@ -8,7 +8,7 @@ import torch
 import pytest
 from PIL import Image
 
-from conftest import ROOT, checkpoint_path, shared_path
+from ground_truth import ROOT, checkpoint_path, shared_path
 from runner_helpers import folders  # noqa: F401 - fixture
 from rt4ksr_nodes import load_model, upscale
 from rt4ksr_nodes.nodes.batch import _as_comfy

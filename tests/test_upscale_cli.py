@@ -9,7 +9,7 @@ import numpy as np
 import png16
 import pytest
 import torch
-from conftest import ROOT
+from ground_truth import ROOT
 from engine_helpers import crop, reference
 from PIL import Image, ImageCms
 

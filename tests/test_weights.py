@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import checkpoint_path, shared_path
+from ground_truth import checkpoint_path, shared_path
 from rt4ksr_nodes import weights
 from rt4ksr_nodes.model.checkpoint import file_sha256
 
