@@ -89,11 +89,12 @@ class RayRunner(Runner):
         if not rows:
             return
         downstream = [n for n in self.order if n in after]
+        needed = needed_nodes(self.prompt, downstream)
         job = {
             "prompt": self.prompt, "extra_pnginfo": self.extra_pnginfo, "jobs": self.jobs, "source": source,
             "arguments": arguments, "sinks": self.sinks, "downstream": downstream,
-            "static": [n for n in static_nodes if n in needed_nodes(self.prompt, downstream)
-                       and not getattr(self._class(n), "OUTPUT_NODE", False)],
+            # What the items need of the run-once part (the model), without its outputs: written once, above.
+            "static": [n for n in static_nodes if n in needed and not getattr(self._class(n), "OUTPUT_NODE", False)],
             "settings": _settings(), "kill": os.environ.get(KILL_HOOK),
         }
         with _connected(ray, self.address):
