@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -209,3 +210,34 @@ def test_ray_options_need_the_ray_backend(tmp_path, capsys):
     workflow.write_text(json.dumps(prompt()))
     assert cli.main([str(workflow), "--ray-address", "auto", "--json"]) == cli.INVALID
     assert "--backend ray" in json.loads(capsys.readouterr().out)["message"]
+
+
+def test_a_lost_node_has_its_items_done_elsewhere(cluster, reference, tmp_path):
+    """Last in the module: kills the node (raylet and worker) that reported the first item, so
+    the other node finishes alone, then adds a node back. A worker killed mid-write may leave
+    its hidden temporary file; never a partial file under an output name."""
+    root, expected = reference
+    nodes = list(cluster.worker_nodes)
+    lost = []
+
+    def kill_a_node(event):
+        if event["event"] == "item" and not lost and event["status"] == "done":
+            victim = next(n for n in nodes if n.node_id == event["node"])
+            lost.append(victim.node_id)
+            threading.Thread(target=cluster.remove_node, args=(victim,), kwargs={"allow_graceful": False}).start()
+
+    from rt4ksr_nodes.runner.ray_backend import RayRunner
+
+    bridge.headless.input_dir, bridge.headless.output_dir = root / "input", tmp_path / "out"
+    events = []
+    try:
+        summary = RayRunner(prompt(), registry.node_classes(), workers=2,
+                            on_event=lambda e: (events.append(e), kill_a_node(e))).run()
+    finally:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    items = [e for e in events if e["event"] == "item"]
+    assert lost and (summary.done, summary.failed) == (IMAGES, 0), summary.failures
+    assert len({e["item"] for e in items}) == len(items) == IMAGES
+    assert len({e["node"] for e in items} - set(lost)) >= 1, "items went on elsewhere"
+    written = {k: v for k, v in _contents(tmp_path / "out").items() if not k.split("/")[-1].startswith(".")}
+    assert written == expected
