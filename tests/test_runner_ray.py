@@ -132,8 +132,9 @@ def test_a_killed_worker_loses_and_duplicates_nothing(cluster, reference, tmp_pa
     assert marker.exists(), "a worker process was killed"
     assert (summary.done, summary.failed) == (IMAGES, 0), summary.failures
     assert len(items) == IMAGES and len({e["item"] for e in items}) == IMAGES  # each reported once
-    # The dead attempt's output was kept, not written again; no temporary file is left over.
-    assert sum(bool(e.get("recovered")) for e in items) == 1
+    # The dead attempt's output was kept, not written again (an item whose reply died with the
+    # worker may be run again and found written too); no temporary file is left over.
+    assert sum(bool(e.get("recovered")) for e in items) >= 1
     assert _contents(tmp_path / "out") == expected
 
 
