@@ -43,7 +43,8 @@ def prompt() -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'rt4ksr-nodes[ray]')")
+    pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'rt4ksr-nodes[ray]')")
+    import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
