@@ -9,6 +9,8 @@ context), and the module load_model returns run bare, on synthetic frames, fp32 
 Prints medians and the differences from the engine's bare network.
 
 runner: the headless runner's folder batch against the CLI per file; see bench_runner.py.
+
+ray: the folder batch with --backend ray on 1 and 2 local Ray worker nodes; see bench_ray.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench_runner, bench_speed
+from . import bench_ray, bench_runner, bench_speed
 from .engine import upscale
 from .engine.prepare import prepared
 from .engine.tiling import Box, context_for, split, window
@@ -90,7 +92,7 @@ def engine(args: argparse.Namespace) -> None:
         print(f"   ({TILE}-px tiles compute {100 * share:.1f}% extra pixels of context)")
 
 
-COMMANDS = {"all": bench_speed.main, "engine": engine, "runner": bench_runner.main}
+COMMANDS = {"all": bench_speed.main, "engine": engine, "runner": bench_runner.main, "ray": bench_ray.main}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
     )
     bench_runner.add_arguments(commands.add_parser("runner", help="headless folder batch vs per-file CLI"))
+    bench_ray.add_arguments(commands.add_parser("ray", help="--backend ray on 1 and 2 local worker nodes"))
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "all")

@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
                    "and --validate-only handle nodes this runner cannot run (running them still needs ComfyUI)")
     p.add_argument("--resume", action="store_true", help="skip items whose output already exists")
     p.add_argument("--jobs", type=int, default=2, help="image writer threads (default: 2)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default): this process; ray: the folder batch's items on Ray workers, one per GPU "
+                   "(else per CPU), inputs and outputs on a file system every node sees (needs rt4ksr-nodes[ray])")
+    p.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to use, as ray.init takes it, e.g. "
+                   "auto or ray://head:10001 (default: a new local Ray on 127.0.0.1)")
+    p.add_argument("--ray-workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else per CPU)")
     p.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
     p.add_argument("--no-metadata", action="store_true", help="do not embed the workflow in saved PNGs")
     return p
@@ -57,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.jobs < 1:
             raise UsageError("--jobs must be at least 1")
+        if args.backend != "ray" and (args.ray_address or args.ray_workers):
+            raise UsageError("--ray-address and --ray-workers need --backend ray")
+        if args.ray_workers is not None and args.ray_workers < 1:
+            raise UsageError("--ray-workers must be at least 1")
+        if args.backend == "ray":
+            from .ray_backend import RayUnavailable, require_ray
+
+            try:
+                require_ray(args.ray_address)
+            except RayUnavailable as error:
+                raise UsageError(str(error)) from None
         _configure(args)
         workflow = formats.load(args.workflow)
         classes = registry.node_classes()
@@ -83,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         return OK
     bridge.directory("output").mkdir(parents=True, exist_ok=True)
     core_nodes.clear_previews()
-    runner = Runner(prompt, classes, extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs,
-                    on_event=out.event)
+    options = dict(extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs, on_event=out.event)
+    if args.backend == "ray":
+        from .ray_backend import RayRunner
+
+        runner = RayRunner(prompt, classes, address=args.ray_address, workers=args.ray_workers, **options)
+    else:
+        runner = Runner(prompt, classes, **options)
     with _interrupt_handler(out):
         summary = runner.run()
     out.close()

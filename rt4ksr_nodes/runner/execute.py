@@ -155,16 +155,7 @@ class Runner:
     def run(self) -> Summary:
         summary = Summary()
         start = time.perf_counter()
-        sources = [n for n in self.order if _is_stream_source(self._class(n))]
-        stream = sources[0] if len(sources) == 1 else None
-        after = self._dependants(stream) if stream else set()
-        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)]
-        if len(sources) > 1 or whole:
-            why = (f"{len(sources)} folder sources (nodes {', '.join(sources)})" if len(sources) > 1
-                   else f"node {whole[0]} ({self.prompt[whole[0]]['class_type']}) takes the whole list")
-            self.emit({"event": "warning", "message": f"not streaming: {why}, so every image is loaded into "
-                       "memory at once" + (" and --resume does not apply" if self.resume else "")})
-            stream = None
+        stream, after = self._stream_plan()
         try:
             if stream:
                 self._run_stream(stream, after, summary)
@@ -177,6 +168,21 @@ class Runner:
         summary.seconds = time.perf_counter() - start
         self.emit({"event": "summary", **summary.as_dict()})
         return summary
+
+    def _stream_plan(self) -> tuple[str | None, set[str]]:
+        """The stream source and the nodes after it, or (None, set()) when the graph must run
+        as whole lists (warned)."""
+        sources = [n for n in self.order if _is_stream_source(self._class(n))]
+        stream = sources[0] if len(sources) == 1 else None
+        after = self._dependants(stream) if stream else set()
+        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)]
+        if len(sources) > 1 or whole:
+            why = (f"{len(sources)} folder sources (nodes {', '.join(sources)})" if len(sources) > 1
+                   else f"node {whole[0]} ({self.prompt[whole[0]]['class_type']}) takes the whole list")
+            self.emit({"event": "warning", "message": f"not streaming: {why}, so every image is loaded into "
+                       "memory at once" + (" and --resume does not apply" if self.resume else "")})
+            return None, set()
+        return stream, after
 
     def _dependants(self, source: str) -> set[str]:
         after = set()
@@ -313,7 +319,8 @@ class Runner:
             errors = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]
             self._finish(summary, item, error or (errors[0] if errors else None), files, skipped)
 
-    def _finish(self, summary: Summary, item: str, error: str | None, files: list[str], skipped=False) -> None:
+    def _finish(self, summary: Summary, item: str, error: str | None, files: list[str], skipped=False,
+                **details) -> None:
         if skipped:
             summary.skipped += 1
             status = "skipped"
@@ -325,7 +332,7 @@ class Runner:
             summary.done += 1
             summary.outputs.extend(files)
             status = "done"
-        event = {"event": "item", "item": item, "status": status, "outputs": files}
+        event = {"event": "item", "item": item, "status": status, "outputs": files, **details}
         if error:
             event["error"] = error
         self.emit(event)

@@ -1,0 +1,89 @@
+"""`python -m rt4ksr_nodes.bench ray`: the folder-batch workflow (x2 to PNG) with --backend ray
+on a local Ray cluster of 1, then 2 worker nodes of one CPU each (ray.cluster_utils.Cluster,
+head without CPUs, every address 127.0.0.1), against the local backend on the same frames.
+
+Images/s is reported over the whole run (workers start and load the model inside it) and in
+steady state: from the first item reported to the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from . import comfy_bridge as bridge
+from .bench_runner import folder_prompt, synthetic_frames
+from .runner import registry
+from .runner.execute import Runner
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=48, help="frames in the folder (default 48)")
+    parser.add_argument("--size", default="480x270", help="frame size WxH (default 480x270)")
+    parser.add_argument("--nodes", default="1,2", help="worker node counts to measure (default 1,2)")
+
+
+def _timed(runner_class, output: Path, **options) -> tuple[float, float, int]:
+    """(whole-run images/s, steady images/s, done) for one run into `output`."""
+    stamps = []
+    bridge.headless.output_dir = output
+
+    def on_event(event):
+        if event["event"] == "item":
+            stamps.append(time.perf_counter())
+
+    start = time.perf_counter()
+    summary = runner_class(folder_prompt(), registry.node_classes(), on_event=on_event, **options).run()
+    wall = time.perf_counter() - start
+    if summary.failed or summary.done == 0:
+        raise RuntimeError(f"run failed: {summary.failures[:3]}")
+    steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return summary.done / wall, steady, summary.done
+
+
+def _on_cluster(nodes: int, root: Path) -> tuple[float, float, int]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from .runner.ray_backend import RayRunner
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "node_ip_address": "127.0.0.1", "num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
+        if {n["NodeManagerAddress"] for n in ray.nodes()} != {"127.0.0.1"}:
+            raise RuntimeError("a Ray node is not on 127.0.0.1")
+        return _timed(RayRunner, root / f"ray_{nodes}")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def main(args: argparse.Namespace) -> None:
+    from .runner.ray_backend import require_ray
+
+    require_ray()  # keeps Ray on the loopback address; says how to install it when missing
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="rt4ksr_bench_ray_") as temporary:
+        root = Path(temporary)
+        (root / "input" / "frames").mkdir(parents=True)
+        synthetic_frames(root / "input" / "frames", args.images, width, height)
+        saved = (bridge.headless.input_dir, bridge.headless.output_dir)
+        bridge.headless.input_dir = root / "input"
+        try:
+            rows = [("local backend, this process", *_timed(Runner, root / "local"))]
+            for nodes in (int(n) for n in args.nodes.split(",")):
+                rows.append((f"ray, {nodes} worker node{'s' * (nodes > 1)} x 1 CPU", *_on_cluster(nodes, root)))
+        finally:
+            bridge.headless.input_dir, bridge.headless.output_dir = saved
+    print(f"{args.images} synthetic {width}x{height} PNG frames, x2 to PNG, CPU, {os.cpu_count()} cores")
+    print("| backend | images/s, whole run | images/s, steady | done |")
+    print("|---|---:|---:|---:|")
+    for label, whole, steady, done in rows:
+        print(f"| {label} | {whole:.2f} | {steady:.2f} | {done} |")

@@ -1,0 +1,232 @@
+"""--backend ray: the folder batch of a workflow mapped over Ray Data workers.
+
+The driver does what the local runner does before its first item, with the same code: the
+nodes that run once (and their outputs), the folder listing and the --resume check. The items
+left go through `ray.data.from_items(...).map_batches(_Worker, ...)`: each worker (one per GPU,
+else one per CPU) builds the graph's per-item part once, model included, then decodes, runs
+and writes one item per call, itself, through the same atomic writes. Only small rows (path,
+status, error, outputs, node, seconds) come back; the driver turns them into the local
+runner's item events, summary and progress.
+
+Ray Data restarts a worker that dies and runs its unfinished items again elsewhere. A file
+under its final name is always complete (temporary file + rename), and an item whose output
+appeared during this run (an attempt that died before reporting) is reported done without
+being computed again, so nothing is written half or twice.
+
+Inputs, outputs and models are read and written by the workers at the driver's paths: they
+must be on a file system every node sees at the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .. import comfy_bridge as bridge
+from .execute import Interrupted, NodeError, Runner, Summary, _check_interrupt, _files, _Writers
+from .validate import is_link, needed_nodes
+
+INSTALL_HINT = ("--backend ray needs Ray: pip install 'rt4ksr-nodes[ray]' "
+                "(or pip install 'ray[data]>=2.9' into this environment)")
+# Test-only: "N:MARKER" makes one worker process exit after writing its N-th item, before
+# reporting it, once (MARKER is created first): a worker killed at the worst moment.
+KILL_HOOK = "RT4KSR_TEST_KILL_WORKER"
+
+
+class RayUnavailable(ImportError):
+    pass
+
+
+def require_ray(address: str | None = None):
+    if not address:
+        # A local run stays on the loopback address: otherwise Ray swaps "127.0.0.1" in cluster
+        # addresses for this machine's outward one (the setting is read when Ray is imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the extra, not only ray core
+    except ImportError as error:
+        raise RayUnavailable(INSTALL_HINT) from error
+    return ray
+
+
+class RayRunner(Runner):
+    """Runner whose streamed items run on a Ray cluster: `address` as ray.init takes it (None:
+    the cluster this process is connected to, else a new local one on 127.0.0.1); `workers`:
+    how many (default one per GPU of the cluster, else one per CPU)."""
+
+    def __init__(self, prompt: dict, classes: dict, *, address: str | None = None, workers: int | None = None,
+                 **options):
+        super().__init__(prompt, classes, **options)
+        self.address, self.workers = address, workers
+
+    def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
+        ray = require_ray(self.address)
+        static_nodes = [n for n in self.order if n != source and n not in after]
+        self.sinks = [n for n in self.order if n in after and getattr(self._class(n), "OUTPUT_NODE", False)]
+        static, ui = {}, []
+        try:
+            for node_id in self._driver_nodes(source, static_nodes):
+                self._run_node(node_id, static, ui)
+            arguments = {k: v[0] for k, v in self._input_data(source, static).items()}
+            items = self._class(source).stream_items(**arguments)
+        except (NodeError, OSError, ValueError) as error:
+            summary.total = 1
+            self._finish(summary, "workflow", str(error), [])
+            return
+        summary.total = len(items)
+        summary.outputs.extend(_files(ui))
+        self.emit({"event": "start", "total": len(items), "outputs": _files(ui)})
+        rows = []
+        for item in items:
+            complete = self._complete(item, source, static)
+            if self.resume and complete:
+                self._finish(summary, item, None, [], skipped=True)
+            else:
+                rows.append({"item": item, "existed": complete})
+        if not rows:
+            return
+        downstream = [n for n in self.order if n in after]
+        needed = needed_nodes(self.prompt, downstream)
+        job = {
+            "prompt": self.prompt, "extra_pnginfo": self.extra_pnginfo, "jobs": self.jobs, "source": source,
+            "arguments": arguments, "sinks": self.sinks, "downstream": downstream,
+            # What the items need of the run-once part (the model), without its outputs: written once, above.
+            "static": [n for n in static_nodes if n in needed and not getattr(self._class(n), "OUTPUT_NODE", False)],
+            "settings": _settings(), "kill": os.environ.get(KILL_HOOK),
+        }
+        with _connected(ray, self.address):
+            self._map(ray, rows, job, summary)
+
+    def _driver_nodes(self, source: str, static_nodes: list[str]) -> list[str]:
+        """The run-once nodes the driver needs: those the folder listing and the --resume check
+        read, and the run-once outputs (written once, here) with what they depend on. The
+        model loader is left to the workers."""
+        seeds = [source] + [n for n in static_nodes if getattr(self._class(n), "OUTPUT_NODE", False)]
+        for sink in self.sinks:
+            seeds += [str(v[0]) for v in self.prompt[sink]["inputs"].values() if is_link(v)]
+        wanted = needed_nodes(self.prompt, [s for s in seeds if s == source or s in static_nodes])
+        return [n for n in static_nodes if n in wanted]
+
+    def _map(self, ray, rows: list[dict], job: dict, summary: Summary) -> None:
+        from ray.data import DataContext
+
+        context = DataContext.get_current()
+        context.enable_progress_bars = False  # the runner's own bar (or JSON events) reports progress
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        slots = gpus or int(ray.cluster_resources().get("CPU", 1))
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        pool = ray.data.ActorPoolStrategy(size=self.workers or max(1, slots))
+        # One item per block and per call: items spread evenly and a lost worker loses one item each.
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            _Worker, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool, **resources)
+        reported = set()
+        results = iter(dataset.iter_rows())
+        try:
+            for row in results:
+                item = str(row["item"])
+                if item in reported:  # a retried batch reports again; its first report stands
+                    continue
+                reported.add(item)
+                details = {"node": str(row["node"]), "seconds": round(float(row["seconds"]), 4)}
+                if row["recovered"]:
+                    details["recovered"] = True  # its output was written by an attempt that died
+                self._finish(summary, item, row["error"] or None, json.loads(row["outputs"]), **details)
+                _check_interrupt()
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as error:  # noqa: BLE001 - the cluster failed: the run stops, as ReaderDied does locally
+            self._finish(summary, "workflow", f"ray: {type(error).__name__}: {error}", [])
+        finally:
+            results.close()  # on an interrupt: stops the execution and its workers now
+
+
+def _settings() -> dict:
+    """The driver's headless settings, which the workers take over (paths resolved here)."""
+    headless = bridge.headless
+    return {"input": str(bridge.directory("input")), "output": str(bridge.directory("output")),
+            "models": str(headless.models_dir) if headless.models_dir else None, "device": headless.device,
+            "metadata": headless.metadata}
+
+
+class _connected:
+    """ray.init when this process is not connected yet (shut down again at the end)."""
+
+    def __init__(self, ray, address: str | None):
+        self.ray, self.address, self.started = ray, address, False
+
+    def __enter__(self):
+        if not self.ray.is_initialized():
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            if self.address:
+                self.ray.init(address=self.address, log_to_driver=False)
+            else:  # a new private cluster on the loopback address, even when one is running here
+                self.ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                              log_to_driver=False)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            self.ray.shutdown()
+
+
+class _Worker:
+    """One Ray Data actor: the per-item part of the graph, built once (the model loads here)."""
+
+    def __init__(self, job: dict):
+        from . import registry
+
+        settings = job["settings"]
+        bridge.headless.input_dir, bridge.headless.output_dir = Path(settings["input"]), Path(settings["output"])
+        bridge.headless.models_dir = Path(settings["models"]) if settings["models"] else None
+        bridge.headless.device, bridge.headless.metadata = settings["device"], settings["metadata"]
+        self.runner = Runner(job["prompt"], registry.node_classes(), extra_pnginfo=job["extra_pnginfo"],
+                             jobs=job["jobs"])
+        self.runner.sinks = job["sinks"]
+        self.source, self.arguments, self.downstream = job["source"], job["arguments"], job["downstream"]
+        self.static, ui = {}, []
+        for node_id in job["static"]:
+            self.runner._run_node(node_id, self.static, ui)
+        self.writers = _Writers(job["jobs"])
+        self.kill, self.count = job["kill"], 0
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [self._one(str(item), bool(existed)) for item, existed in zip(batch["item"], batch["existed"])]
+        return {key: [row[key] for row in rows] for key in rows[0]}
+
+    def _one(self, item: str, existed: bool) -> dict:
+        start = time.perf_counter()
+        error, files = None, []
+        # Complete now but not when the run began: an attempt of this run died after writing it.
+        recovered = not existed and self.runner._complete(item, self.source, self.static)
+        if not recovered:
+            error, files = self._compute(item)
+        self._maybe_die()
+        return {"item": item, "error": error or "", "outputs": json.dumps(files), "node": self.node,
+                "seconds": time.perf_counter() - start, "recovered": recovered}
+
+    def _compute(self, item: str) -> tuple[str | None, list[str]]:
+        cls = self.runner._class(self.source)
+        try:
+            outputs = cls.stream_load(item, **self.arguments)
+        except Exception as failure:  # noqa: BLE001 - reported as this item's failure
+            return f"{item}: {failure}", []
+        error, files, futures = self.runner._run_item(self.source, outputs, self.static, self.downstream,
+                                                      self.writers)
+        failed = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]  # waits for the writes
+        return (f"{item}: {error}" if error else failed[0] if failed else None), files
+
+    def _maybe_die(self) -> None:
+        self.count += 1
+        if not self.kill:
+            return
+        after, marker = self.kill.split(":", 1)
+        if self.count == int(after) and not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(1)
