@@ -79,11 +79,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 @contextlib.contextmanager
 def _open(path: Path, max_pixels: int):
-    """Image.open under read_image's own size limit.
+    """Image.open under read_image's own size limit, which read_image checks itself.
 
     Pillow's guard is process-wide and also checks while decoding (TIFF), so a limit above
-    Pillow's own lifts it for the whole read, one such read at a time; Pillow's guard stays in
-    force for every other read.
+    Pillow's own lifts it for the whole read, one such read at a time. Meanwhile other
+    read_image calls are still held to their own limit; other Image.open users in the process
+    are not guarded by Pillow for that moment.
     """
     pillow = Image.MAX_IMAGE_PIXELS
     if pillow is None or (max_pixels and max_pixels <= 2 * pillow):

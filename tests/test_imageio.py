@@ -72,24 +72,30 @@ def test_output_files_get_ordinary_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == plain
 
 
-def test_raised_size_limit_leaves_pillows_guard_alone(tmp_path):
-    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+def test_raised_size_limit_under_concurrent_reads(tmp_path):
+    # While one thread reads with Pillow's guard lifted, another thread's read_image still
+    # refuses what is over its own limit, and Pillow's setting is restored afterwards.
+    Image.new("RGB", (64, 64)).save(tmp_path / "small.png")
+    Image.new("RGB", (100, 80)).save(tmp_path / "big.png")
     pillow = Image.MAX_IMAGE_PIXELS
-    seen = []
+    done = threading.Event()
 
-    def read(limit):
-        for _ in range(40):
-            read_image(tmp_path / "a.png", max_pixels=limit)
-            seen.append(Image.MAX_IMAGE_PIXELS)
+    def lifted():
+        while not done.is_set():
+            read_image(tmp_path / "small.png", max_pixels=0)
 
-    threads = [threading.Thread(target=read, args=(limit,)) for limit in (0, 0, 5000, 10**12)]
+    threads = [threading.Thread(target=lifted) for _ in range(2)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for _ in range(100):
+            with pytest.raises(ImageReadError, match="over the 5000-pixel limit"):
+                read_image(tmp_path / "big.png", max_pixels=5000)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
     assert Image.MAX_IMAGE_PIXELS == pillow
-    # Reads within Pillow's limit never see it lifted, whatever the other threads do.
-    assert len(seen) == 160
 
 
 def test_16bit_gray_png(tmp_path):

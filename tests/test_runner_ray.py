@@ -19,6 +19,7 @@ from PIL import Image
 
 from runner_helpers import folders  # noqa: F401 - fixture
 from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.bench_runner import folder_prompt
 from rt4ksr_nodes.runner import cli, registry
 from rt4ksr_nodes.runner.execute import Runner
 
@@ -30,15 +31,11 @@ IMAGES = 40
 
 
 def prompt() -> dict:
-    return {
-        "1": {"class_type": "RT4KSRLoadImageFolder", "inputs": {"folder": "frames", "pattern": "*.png", "recursive": False}},
-        "2": {"class_type": "RT4KSRModelLoader", "inputs": {"model_name": "rt4ksr_x2.pth", "reparameterize": True}},
-        "3": {"class_type": "RT4KSRUpscale", "inputs": {"model": ["2", 0], "image": ["1", 0], "tile_size": 0,
-                                                         "precision": "fp32"}},
-        "4": {"class_type": "RT4KSRSaveImageBatch", "inputs": {
-            "images": ["3", 0], "path": ["1", 2], "name_template": "{stem}--2x", "subfolder": "sr",
-            "format": "png", "bit_depth": "8", "quality": 95}},
-    }
+    """The benchmark's folder workflow, in fp32 and into a subfolder."""
+    workflow = folder_prompt()
+    workflow["3"]["inputs"]["precision"] = "fp32"
+    workflow["4"]["inputs"]["subfolder"] = "sr"
+    return workflow
 
 
 @pytest.fixture(scope="module")
