@@ -62,7 +62,8 @@ def engine(args: argparse.Namespace) -> None:
     for scale, width, height in ENGINE_CASES:
         model = load_model(Path(args.weights) / f"rt4ksr_x{scale}.pth")
         frame = torch.rand(1, height, width, 3, generator=torch.Generator().manual_seed(0))
-        # The very network the engine runs (channels_last, one-kernel LayerNorm), bare.
+        # The very network the engine runs (engine/network.py), bare: its output before the
+        # pixel shuffle, which the engine folds into writing the result.
         bare = prepared(model, torch.device("cpu"), torch.float32)
         padded = frame.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 

@@ -2,8 +2,9 @@
 
 Cases: x2 1920x1080 -> 3840x2160 and x3 1280x720 -> 3840x2160. Forms: the train-time network
 ("train"), the fused network ("fused"), both run plainly (NCHW, eager), and the engine's default
-path ("engine": prepared channels_last copy, fused LayerNorm, automatic tiles, CUDA graphs and
-compile policy as configured).
+path ("engine": the engine's network (engine/network.py: channels_last, head folded with the
+unshuffle, one-kernel LayerNorm, conv + GELU in one call, pixel shuffle folded into the write),
+automatic tiles, CUDA graphs and compile policy as configured).
 
 model: the network on a frame already on the device in the compute dtype, NTIRE protocol:
     warm-up runs, then timed repetitions (CUDA events on a GPU, perf_counter on the CPU).

@@ -21,6 +21,17 @@ def reference(model, image: torch.Tensor) -> torch.Tensor:
     return out[:, :, : scale * height, : scale * width].clamp(0, 1).permute(0, 2, 3, 1)
 
 
+def as_image(blocks: torch.Tensor, scale: int) -> torch.Tensor:
+    """The engine network's raw output (N x f*f*3 x h x w, channels in (row, column, colour)
+    order, f = 2 * scale) as a clamped N x fh x fw x 3 image, by pixel_shuffle: independent of
+    the engine's own writer."""
+    f = 2 * scale
+    n, _, h, w = blocks.shape
+    colour_major = blocks.float().reshape(n, f, f, 3, h, w).permute(0, 3, 1, 2, 4, 5)
+    pixels = torch.nn.functional.pixel_shuffle(colour_major.reshape(n, 3 * f * f, h, w), f)
+    return pixels.clamp(0, 1).permute(0, 2, 3, 1)
+
+
 def reference_alpha(model, alpha: torch.Tensor) -> torch.Tensor:
     """The network's gray output, but the exact source value wherever the source alpha is
     constant over the pixel's 3 x 3 neighbourhood (edge pixels: the part inside the image)."""

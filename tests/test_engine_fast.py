@@ -12,14 +12,16 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from engine_helpers import crop, psnr, reference
+from engine_helpers import as_image, crop, psnr, reference
 
 import rt4ksr_nodes.engine.accel as accel
 from rt4ksr_nodes import upscale
 from rt4ksr_nodes.engine import upscale_frames
 from rt4ksr_nodes.engine.cpu import tune_allocator
 from rt4ksr_nodes.engine.device import resolve_device
-from rt4ksr_nodes.engine.prepare import ChannelsLastLayerNorm, accelerated, prepared
+from rt4ksr_nodes.engine import network
+from rt4ksr_nodes.engine.network import ChannelsLastLayerNorm, ConvGELU, write_blocks
+from rt4ksr_nodes.engine.prepare import accelerated, prepared
 from rt4ksr_nodes.engine.tiling import Box, split, window
 from rt4ksr_nodes.model import load_model
 from rt4ksr_nodes.model.arch import LayerNorm2d
@@ -28,17 +30,68 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("scale", [2, 3])
-def test_prepared_copy_uses_single_kernel_layernorms_and_matches(fused_models, scale):
+def test_engine_network_matches_the_reference(fused_models, scale):
+    """Head folded with the unshuffle, one-kernel LayerNorms, conv + GELU in one call, output
+    channels reordered for the writer: together within 1e-5 of the plain model."""
     model = fused_models[scale]
     net = prepared(model, resolve_device("cpu"), torch.float32)
     kinds = {type(module) for module in net.modules()}
-    assert ChannelsLastLayerNorm in kinds and LayerNorm2d not in kinds
+    assert {ChannelsLastLayerNorm, ConvGELU} <= kinds and LayerNorm2d not in kinds
     assert any(isinstance(module, LayerNorm2d) for module in model.modules())  # untouched
     image = crop("Set14", 1, 120, 96)
     x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        out = net(x).clamp(0, 1).permute(0, 2, 3, 1)
+        out = as_image(net(x), scale)
     assert (out - reference(model, image)).abs().max().item() <= 1e-5
+
+
+def test_train_time_model_runs_as_it_is(checkpoints):
+    model = load_model(checkpoints[3], reparameterize=False)
+    net = prepared(model, resolve_device("cpu"), torch.float32)
+    assert not any(isinstance(module, ConvGELU) for module in net.modules())
+    image = crop("Set5", 3, 40, 56)
+    x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = as_image(net(x), 3)
+    assert (out - reference(model, image)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN (mkldnn)"
+)
+def test_conv_gelu_uses_onednn_and_both_paths_agree():
+    assert network.onednn_conv_gelu()  # x86 and aarch64 CPU builds of torch have it
+    generator = torch.Generator().manual_seed(1)
+    conv = torch.nn.Conv2d(24, 24, 3, padding=1)
+    x = torch.randn(1, 24, 30, 34, generator=generator).contiguous(
+        memory_format=torch.channels_last)
+    expected = torch.nn.functional.gelu(torch.nn.functional.conv2d(
+        x.double(), conv.weight.double(), conv.bias.double(), padding=1))
+    block = ConvGELU(conv)
+    with torch.inference_mode():
+        fused = block(x)
+        block.onednn = False
+        plain = block(x)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    assert (fused.double() - expected).abs().max().item() <= 1e-5
+    assert (plain.double() - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("size", [(24, 36), (23, 36), (24, 31), (19, 29), (2, 5)])
+def test_write_blocks_crops_and_clamps_like_pixel_shuffle(scale, size):
+    """Whole blocks, a cut last row and/or column, a target smaller than one block row, and
+    a strided target (the colour planes of an RGBA image)."""
+    f = 2 * scale
+    h, w = -(-size[0] // f), -(-size[1] // f)
+    blocks = 1.5 * torch.randn(1, f * f * 3, h, w, generator=torch.Generator().manual_seed(f))
+    expected = as_image(blocks, scale)[0, : size[0], : size[1]]
+    rgba = torch.full((*size, 4), 7.0)
+    rgb = torch.full((*size, 3), 7.0)
+    for target in (rgb, rgba[..., :3]):
+        write_blocks(blocks[0].permute(1, 2, 0).unflatten(-1, (f, f, 3)), target)
+        assert torch.equal(target, expected)
+    assert (rgba[..., 3] == 7).all()
 
 
 def test_prepared_copy_and_runner_die_with_the_model(checkpoints):
@@ -156,7 +209,7 @@ def test_failing_compiler_falls_back_to_eager(fused_models, monkeypatch):
         out = runner(x)
     assert runner.compile_after is None and not runner.compiled
     expected = reference(model, image)
-    assert (out.clamp(0, 1).permute(0, 2, 3, 1) - expected).abs().max().item() <= 1e-5
+    assert (as_image(out, 2) - expected).abs().max().item() <= 1e-5
 
 
 def test_compiled_network_matches_on_cpu(fused_models):
@@ -173,7 +226,7 @@ def test_compiled_network_matches_on_cpu(fused_models):
             out = runner(x)
         assert runner.compiled
         expected = reference(model, image)
-        assert (out.clamp(0, 1).permute(0, 2, 3, 1) - expected).abs().max() <= 1e-5
+        assert (as_image(out, 3) - expected).abs().max() <= 1e-5
 
 
 def _quantised(model, frame: np.ndarray) -> torch.Tensor:
@@ -295,5 +348,4 @@ def test_cuda_compiled_network_matches(fused_models):
     if not runner.compiled:
         pytest.skip("torch.compile unavailable here (fell back to eager)")
     for out in outputs:
-        out = out.float().clamp(0, 1).permute(0, 2, 3, 1).cpu()
-        assert psnr(out, reference(model, image)) >= 50
+        assert psnr(as_image(out.cpu(), 3), reference(model, image)) >= 50

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from engine_helpers import crop, reference
@@ -9,21 +11,20 @@ from torch import nn
 
 import rt4ksr_nodes.engine.accel as accel
 import rt4ksr_nodes.engine.inference as inference
+import rt4ksr_nodes.engine.prepare as prepare
 from rt4ksr_nodes import UpscaleCancelled, UpscaleOutOfMemory, upscale
 from rt4ksr_nodes.engine.device import resolve_device
+from rt4ksr_nodes.engine.network import EngineNetwork
 from rt4ksr_nodes.engine.prepare import prepared
 
 
 class Recording(nn.Module):
-    """Wraps a model; logs the height x width of every input it accepts and raises an
-    out-of-memory error for inputs larger than `limit` pixels."""
+    """Wraps the engine's network; logs the height x width of every input it accepts and
+    raises an out-of-memory error for inputs larger than `limit` pixels."""
 
-    def __init__(self, model, log, limit=None, error=torch.cuda.OutOfMemoryError):
+    def __init__(self, net, log, limit, error) -> None:
         super().__init__()
-        self.model = model
-        self.scale, self.in_channels = model.scale, model.in_channels
-        self.features, self.blocks = model.features, model.blocks
-        self.log, self.limit, self.error = log, limit, error  # log.append survives deepcopy
+        self.net, self.log, self.limit, self.error = net, log, limit, error
 
     def forward(self, x):
         height, width = x.shape[-2:]
@@ -31,7 +32,16 @@ class Recording(nn.Module):
             self.log(("oom", height, width))
             raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.log((height, width))
-        return self.model(x)
+        return self.net(x)
+
+
+def recorded(model, monkeypatch, log, limit=None, error=torch.cuda.OutOfMemoryError):
+    """A private copy of `model` (so the engine prepares it afresh) whose engine network is
+    wrapped in Recording."""
+    monkeypatch.setattr(
+        prepare, "EngineNetwork", lambda m: Recording(EngineNetwork(m), log, limit, error)
+    )
+    return copy.deepcopy(model)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +54,7 @@ def test_out_of_memory_halves_the_tile_and_keeps_finished_tiles(fused_models, er
     image = torch.cat([crop("Set14", 0, 96, 300), crop("Set14", 3, 96, 300)])
     calls, updates = [], []
     # Windows of 128-px cores: 96 x 144, then 96 x 160 (fails: > 14000 px), then 96 x 60.
-    wrapped = Recording(model, calls.append, limit=14000, error=error)
+    wrapped = recorded(model, monkeypatch, calls.append, limit=14000, error=error)
     out = upscale(
         wrapped, image, tile_size=128, device="cpu", progress=lambda *a: updates.append(a)
     )
@@ -60,15 +70,16 @@ def test_out_of_memory_halves_the_tile_and_keeps_finished_tiles(fused_models, er
     assert len(releases) == 1
 
 
-def test_out_of_memory_below_the_minimum_tile_fails_clearly(fused_models):
-    wrapped = Recording(fused_models[2], [].append, limit=100)
+def test_out_of_memory_below_the_minimum_tile_fails_clearly(fused_models, monkeypatch):
+    wrapped = recorded(fused_models[2], monkeypatch, [].append, limit=100)
     with pytest.raises(UpscaleOutOfMemory, match="out of memory on cpu even with 32-px tiles"):
         upscale(wrapped, crop("Set5", 0, 80, 80), tile_size=64, device="cpu")
 
 
-def test_other_runtime_errors_propagate(fused_models):
-    wrapped = Recording(
-        fused_models[2], [].append, limit=0, error=lambda message: RuntimeError("shape mismatch")
+def test_other_runtime_errors_propagate(fused_models, monkeypatch):
+    wrapped = recorded(
+        fused_models[2], monkeypatch, [].append, limit=0,
+        error=lambda message: RuntimeError("shape mismatch"),
     )
     with pytest.raises(RuntimeError, match="shape mismatch"):
         upscale(wrapped, crop("Set5", 0, 40, 40), device="cpu")
@@ -99,9 +110,9 @@ def test_progress_counts_every_tile_of_the_batch_and_alpha_passes(fused_models):
     assert updates == [(done, 24) for done in range(1, 25)]
 
 
-def test_cancel_stops_between_tiles(fused_models):
+def test_cancel_stops_between_tiles(fused_models, monkeypatch):
     calls = []
-    wrapped = Recording(fused_models[2], calls.append)
+    wrapped = recorded(fused_models[2], monkeypatch, calls.append)
     progress = []
     with pytest.raises(UpscaleCancelled):
         upscale(
@@ -122,8 +133,8 @@ def test_prepared_copy_is_cached_and_the_users_model_untouched(fused_models):
     first = prepared(model, device, torch.float16)
     assert prepared(model, device, torch.float16) is first
     assert prepared(model, device, torch.float32) is not first
-    assert first.head[0].weight.dtype == torch.float16
-    assert first.head[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert first.head.weight.dtype == torch.float16
+    assert first.head.weight.is_contiguous(memory_format=torch.channels_last)
     upscale(model, torch.rand(1, 8, 8, 3), precision="fp16", device="cpu")
     for name, tensor in model.state_dict().items():
         assert tensor.dtype == torch.float32 and torch.equal(tensor, before[name])
@@ -131,8 +142,6 @@ def test_prepared_copy_is_cached_and_the_users_model_untouched(fused_models):
 
 
 def test_cache_follows_in_place_weight_changes(fused_models):
-    import copy
-
     model = copy.deepcopy(fused_models[2])
     device = resolve_device("cpu")
     first = prepared(model, device, torch.float32)
@@ -140,7 +149,7 @@ def test_cache_follows_in_place_weight_changes(fused_models):
     model.load_state_dict(state)
     second = prepared(model, device, torch.float32)
     assert second is not first
-    assert torch.equal(second.head[0].weight, model.head[0].weight)
+    assert torch.equal(second.body[0][1].weight, model.body[0].conv1.rep_conv.weight)
 
 
 def test_device_resolution():

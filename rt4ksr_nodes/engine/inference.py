@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from .device import free_memory, is_out_of_memory, resolve_device, resolve_dtype
 from .errors import UpscaleCancelled, UpscaleOutOfMemory
 from .memory import USABLE, auto_tile, bytes_per_pixel
+from .network import write_blocks
 from .prepare import accelerated
 from .tiling import MIN_TILE, Box, Tile, context_for, even_tile, split, window
 
@@ -271,23 +272,26 @@ class Tiler:
         return target
 
     def _run_tile(self, source: torch.Tensor, tile: Tile, target: torch.Tensor) -> None:
-        """Run the tile's window; copy its core into `target` (cropped to it), clamped.
+        """Run the tile's window; write its core into `target` (cropped to it), clamped.
 
         The net's result may be a CUDA graph's output buffer, which the net's next call (from
-        any thread) overwrites: it is copied out under the net's lock, before any other call.
+        any thread) overwrites: it is written out under the net's lock, before any other call.
         """
-        area = tile.window
-        core = tile.core
+        area, core = tile.window, tile.core
         top, left = core.top * self.scale, core.left * self.scale
         bottom = min(core.bottom * self.scale, target.shape[0])
         right = min(core.right * self.scale, target.shape[1])
-        rows, cols = tile.core_in_window(self.scale)
+        # The network's output grid has one block of 2 * scale pixels per 2 x 2 input pixels;
+        # windows and cores start on even pixels.
+        first_row, first_col = (core.top - area.top) // 2, (core.left - area.left) // 2
         with self.net.lock:
             result = self.net(source[:, :, area.top : area.bottom, area.left : area.right])
             if bottom > top and right > left:
-                piece = result[0, :, rows, cols].permute(1, 2, 0)[: bottom - top, : right - left]
-                # Clamped while the tile is still in cache, not in a pass over the whole frame.
-                target[top:bottom, left:right].copy_(piece.clamp_(0, 1))
+                factor = 2 * self.scale
+                blocks = result[0, :, first_row:, first_col:].permute(1, 2, 0)
+                write_blocks(
+                    blocks.unflatten(-1, (factor, factor, 3)), target[top:bottom, left:right]
+                )
 
     def _shrink(self, error: RuntimeError) -> None:
         """Halve the tile after an out-of-memory error, or give up below MIN_TILE."""

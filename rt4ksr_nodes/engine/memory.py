@@ -4,11 +4,11 @@ Live tensors at the peak of one forward pass, in values per low-resolution input
 C = model.in_channels, F = model.features, s = model.scale (unshuffled maps have 1/4 of the
 pixels):
 - body: the input (C) and ~3 feature maps inside a LayerNorm (3 F / 4);
-- upsample: the input (C), the features (F / 4), the conv output and its pixel-shuffled copy
-  (2 C s^2).
-The peak is the larger of the two. Measured on the CPU (ru_maxrss growth of one fp32 forward on
-1920x1080): 123 bytes per pixel at x2 and 243 at x3, against 33 and 63 values (132 and 252 bytes)
-estimated. SAFETY covers convolution workspaces, layout reorders and allocator fragmentation.
+- upsample: the input (C), the features (F / 4) and the conv output (C s^2), which is written
+  straight into the caller's image (network.write_blocks), so no shuffled copy exists.
+The peak is the larger of the two. Measured on the CPU (ru_maxrss growth of one fp32 forward of
+the engine's network on 1920x1080): 86 bytes per pixel at x2 and 122 at x3, against 21 and 36
+values (84 and 144 bytes) estimated. SAFETY covers convolution workspaces, layout reorders and allocator fragmentation.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def bytes_per_pixel(model, dtype: torch.dtype) -> float:
     """Peak activation bytes of one forward pass per low-resolution input pixel."""
     channels, features, scale = model.in_channels, model.features, model.scale
     body = channels + 3 * features / 4
-    upsample = channels + features / 4 + 2 * channels * scale * scale
+    upsample = channels + features / 4 + channels * scale * scale
     return max(body, upsample) * dtype.itemsize * SAFETY
 
 

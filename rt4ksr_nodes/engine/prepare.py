@@ -6,12 +6,11 @@ import copy
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..model.arch import LayerNorm2d
 from .accel import Accelerated, compile_policy
 from .cpu import tune_allocator
+from .network import EngineNetwork
 
 # model -> {(device, dtype): (parameter versions, prepared copy, its runner)}. Weak keys: the
 # cache never keeps a model alive that its owner has dropped, and with the model go its copies.
@@ -20,25 +19,9 @@ from .cpu import tune_allocator
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class ChannelsLastLayerNorm(nn.Module):
-    """LayerNorm2d in one kernel. On a channels_last map the channel axis is innermost, so the
-    N x H x W x C view is contiguous and F.layer_norm normalises it in a single pass, where the
-    reference formula takes eight (measured: 1080p x2 on the CPU, 716 -> 440 ms)."""
-
-    def __init__(self, norm: LayerNorm2d) -> None:
-        super().__init__()
-        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nhwc = x.permute(0, 2, 3, 1)
-        return F.layer_norm(nhwc, nhwc.shape[-1:], self.weight, self.bias, self.eps).permute(
-            0, 3, 1, 2
-        )
-
-
 def prepared(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """A copy of `model` on `device` in `dtype`, channels_last, with single-kernel LayerNorms,
-    in eval mode.
+    """`model` as the engine runs it (network.EngineNetwork: output before the pixel shuffle)
+    on `device` in `dtype`, channels_last, in eval mode.
 
     The user's model is never touched. In-place weight updates (load_state_dict) bump the
     parameters' version counters, which invalidates the cached copy.
@@ -61,18 +44,12 @@ def _entry(model: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple:
     if cached is not None and cached[0] == versions:
         return cached
     with torch.no_grad():
-        net = copy.deepcopy(model).eval().requires_grad_(False)
-        _fuse_layernorms(net)
+        # From a deep copy: the engine network shares its modules' parameters, which .to()
+        # converts in place.
+        net = EngineNetwork(copy.deepcopy(model)).eval().requires_grad_(False)
         net = net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
     entry = per_model[(device, dtype)] = (versions, net, Accelerated(net, device, compile_policy()))
     return entry
-
-
-def _fuse_layernorms(net: nn.Module) -> None:
-    for parent in list(net.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, LayerNorm2d):
-                setattr(parent, name, ChannelsLastLayerNorm(child))
 
 
 def _version(parameter: torch.Tensor) -> tuple[int, int]:

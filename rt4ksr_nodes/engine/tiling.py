@@ -42,15 +42,6 @@ class Tile:
     core: Box  # the output region this tile is responsible for
     window: Box  # what the network sees: core plus context, clipped to the image
 
-    def core_in_window(self, scale: int) -> tuple[slice, slice]:
-        """Rows and columns of the core inside the window's upscaled output."""
-        top = (self.core.top - self.window.top) * scale
-        left = (self.core.left - self.window.left) * scale
-        return (
-            slice(top, top + self.core.height * scale),
-            slice(left, left + self.core.width * scale),
-        )
-
 
 def context_for(model) -> int:
     """Context each tile needs: the receptive-field radius plus an even margin of 2.
