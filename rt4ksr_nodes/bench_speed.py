@@ -1,7 +1,9 @@
 """The speed benchmark behind `python -m rt4ksr_nodes.bench` (subcommand `all`, the default).
 
 Cases: x2 1920x1080 -> 3840x2160 and x3 1280x720 -> 3840x2160. Forms: the train-time network
-("train"), the fused network ("fused"), both run plainly (NCHW, eager), and the engine's default
+("train"), the fused network ("fused"), both run plainly (NCHW, eager), with --upstream DIR the
+paper's own code ("upstream": its train-time network as released, run as its test script runs
+it, which also computes the unused high-frequency branch), and the engine's default
 path ("engine": the engine's network (engine/network.py: channels_last, head folded with the
 unshuffle, one-kernel LayerNorm, conv + GELU in one call, pixel shuffle folded into the write),
 automatic tiles, CUDA graphs and compile policy as configured).
@@ -29,11 +31,13 @@ short keeps the rows it finished.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -50,7 +54,7 @@ from .engine.stream import upscale_frames
 from .model import load_model
 
 CASES = ((2, 1920, 1080), (3, 1280, 720))
-FORMS = ("train", "fused", "engine")
+FORMS = ("upstream", "train", "fused", "engine")
 MODES = ("model", "e2e")
 
 
@@ -61,6 +65,37 @@ def synthetic_frame(height: int, width: int) -> np.ndarray:
     noise = 0.03 * torch.randn(1, 3, height, width, generator=generator)
     pixels = (smooth + noise).clamp(0, 1)[0].permute(1, 2, 0)
     return (pixels * 255).round().to(torch.uint8).numpy()
+
+
+def upstream_network(code: Path, checkpoint: Path, scale: int) -> torch.nn.Module:
+    """The paper's train-time network from the `code` folder of a checkout of
+    github.com/eduardzamfir/RT4KSR (which needs torchvision), with the released weights,
+    built with the configuration the released checkpoints were trained with."""
+    if not (code / "model" / "arch.py").is_file():
+        raise SystemExit(
+            f"--upstream: {code} has no model/arch.py; give the code/ folder of a checkout of "
+            "github.com/eduardzamfir/RT4KSR"
+        )
+    sys.path.insert(0, str(code))  # its modules import each other as model.*
+    try:
+        arch = importlib.import_module("model.arch")
+        modules = importlib.import_module("model.modules")
+    except Exception as error:
+        raise SystemExit(
+            f"--upstream: cannot import the paper's code from {code}: {type(error).__name__}: "
+            f"{error} (it needs torchvision matching this torch)"
+        ) from error
+    finally:
+        sys.path.remove(str(code))
+    net = arch.RT4KSR_Rep(
+        num_channels=3, num_feats=24, num_blocks=4, upscale=scale,
+        act=modules.activation("gelu"), eca_gamma=0, is_train=True, forget=False,
+        layernorm=True, residual=False,
+    )
+    # The release file itself (SHA-256 checked on install), tensors only: weights_only.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({key.removeprefix("module."): value for key, value in state.items()})
+    return net.eval().requires_grad_(False)
 
 
 def _loadavg() -> str:
@@ -249,29 +284,36 @@ def run_all(args) -> dict:
         "rows": [],
     }
     weights = Path(args.weights)
+    forms = sorted(set(args.forms or _default_forms(args)), key=FORMS.index)
+    if "upstream" in forms and args.upstream is None:
+        raise SystemExit("the upstream form needs --upstream DIR (the paper's code folder)")
     cases = []
     for scale, width, height in CASES:
         if args.scale and scale not in args.scale:
             continue
         frame = synthetic_frame(height, width)
         fused = load_model(weights / f"rt4ksr_x{scale}.pth")
-        train = load_model(weights / f"rt4ksr_x{scale}.pth", reparameterize=False)
+        plain = {"train": load_model(weights / f"rt4ksr_x{scale}.pth", reparameterize=False),
+                 "fused": fused}
+        if "upstream" in forms:
+            plain["upstream"] = upstream_network(
+                args.upstream, weights / f"rt4ksr_x{scale}.pth", scale
+            )
         with torch.inference_mode():
             reference = _as_hwc(_plain_model(fused, frame, torch.device("cpu"), torch.float32)())
-        cases.append((f"x{scale} {width}x{height}", frame, train, fused, reference))
+        cases.append((f"x{scale} {width}x{height}", frame, plain, reference))
     environment = report["environment"]
     # Forms outermost (see the module's docstring): plain rows before any engine row.
-    forms = sorted(set(args.forms), key=FORMS.index)
     for form in forms:
         if form == "engine" and not cuda and forms[0] != "engine":
             environment["cpu_malloc_tuned_for_plain_forms"] = cpu.tuned()
         for precision in precisions:
             dtype = resolve_dtype(precision, device)
-            for case, frame, train, fused, reference in cases:
+            for case, frame, plain, reference in cases:
                 for mode in args.modes:
                     result = _measure(
-                        form, mode, train, fused, frame, device, dtype,
-                        repeat=train_repeat if form == "train" else repeat,
+                        form, mode, plain, frame, device, dtype,
+                        repeat=repeat if form in ("fused", "engine") else train_repeat,
                         warmup=args.warmup, stream_frames=stream_frames,
                         reference=(reference * 255).round().to(torch.uint8)
                         if mode == "e2e" else reference,
@@ -299,12 +341,17 @@ def _save(report: dict, path: Path | None) -> None:
     os.replace(partial, path)
 
 
-def _measure(form, mode, train, fused, frame, device, dtype, *, repeat, warmup, stream_frames,
+def _default_forms(args) -> list[str]:
+    return [form for form in FORMS if form != "upstream" or args.upstream is not None]
+
+
+def _measure(form, mode, plain, frame, device, dtype, *, repeat, warmup, stream_frames,
              reference):
     # The engine warms up past its thresholds, so graphs are captured and (as the compile
     # policy says) the network compiled before timing. With RT4KSR_COMPILE=always the first
     # call is the compiling one, so "first" shows the compile time.
     engine_warmup = max(warmup, GRAPH_AFTER, COMPILE_AFTER) + 1
+    fused = plain["fused"]
     with torch.inference_mode():
         if form == "engine" and mode == "e2e":
             frames = [frame] * stream_frames
@@ -317,7 +364,7 @@ def _measure(form, mode, train, fused, frame, device, dtype, *, repeat, warmup, 
             result = _time_model(run, device, engine_warmup, repeat)
         else:
             # A copy: the engine's rows must start from the untouched fp32 model.
-            net = copy.deepcopy(train if form == "train" else fused).to(device=device, dtype=dtype)
+            net = copy.deepcopy(plain[form]).to(device=device, dtype=dtype)
             build = _plain_e2e if mode == "e2e" else _plain_model
             result = _time_model(build(net, frame, device, dtype), device, warmup, repeat)
     output = result.pop("output")
@@ -332,14 +379,17 @@ def _measure(form, mode, train, fused, frame, device, dtype, *, repeat, warmup, 
 
 
 def _speedups(rows: list[dict]) -> None:
-    """Each row's speed against the train-time form in the same case, precision and mode."""
+    """Each row's speed against the train-time form and the paper's code in the same case,
+    precision and mode."""
     for row in rows:
-        base = next(
-            (other for other in rows if other["form"] == "train"
-             and all(other[key] == row[key] for key in ("case", "device", "precision", "mode"))),
-            None,
-        )
-        row["speedup_vs_train"] = None if base is None else base["median_ms"] / row["median_ms"]
+        for form in ("train", "upstream"):
+            base = next(
+                (other for other in rows if other["form"] == form and all(
+                    other[key] == row[key] for key in ("case", "device", "precision", "mode"))),
+                None,
+            )
+            speedup = None if base is None else base["median_ms"] / row["median_ms"]
+            row[f"speedup_vs_{form}"] = speedup
 
 
 HEADER = (
@@ -384,17 +434,19 @@ def table(reports: list[dict]) -> str:
     environment on a line of its own, then all rows, each with its compile policy."""
     rows = [row for report in reports for row in report["rows"]]
     _speedups(rows)  # across reports: compiled engine rows against the other run's train rows
+    bases = ["train"] + (["upstream"] if any(row["form"] == "upstream" for row in rows) else [])
     lines = [_environment_line(report["environment"]) for report in reports]
     lines += [
-        "plain forms (train, fused) run before the engine in each process; times in ms (model: "
-        "NTIRE protocol; e2e: uint8 host -> uint8 host), first = first call incl. "
-        "planning/capture/compile; +c = compiled; PSNR/max|d| vs fused fp32 on the CPU (max|d| "
-        "in 8-bit levels for e2e)",
-        HEADER + f" {'vs train':>8s}",
+        "plain forms (upstream = the paper's code, train, fused) run before the engine in each "
+        "process; times in ms (model: NTIRE protocol; e2e: uint8 host -> uint8 host), first = "
+        "first call incl. planning/capture/compile; +c = compiled; PSNR/max|d| vs fused fp32 on "
+        "the CPU (max|d| in 8-bit levels for e2e)",
+        HEADER + "".join(f" {'vs ' + base:>11s}" for base in bases),
     ]
     for row in rows:
-        speedup = row["speedup_vs_train"]
-        lines.append(_format(row) + (f" {speedup:7.1f}x" if speedup else f" {'':8s}"))
+        speedups = (row.get(f"speedup_vs_{base}") for base in bases)
+        lines.append(_format(row) + "".join(
+            f" {speedup:10.1f}x" if speedup else f" {'':11s}" for speedup in speedups))
     return "\n".join(lines)
 
 
@@ -402,13 +454,18 @@ def add_arguments(parser, weights_default: str) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", nargs="+", choices=("fp32", "fp16", "bf16"),
                         help="default: fp16 and fp32 on CUDA, fp32 elsewhere")
-    parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
+    parser.add_argument("--forms", nargs="+", choices=FORMS,
+                        help="default: all; upstream only with --upstream")
+    parser.add_argument("--upstream", type=Path, metavar="DIR",
+                        help="the code/ folder of a checkout of github.com/eduardzamfir/RT4KSR "
+                             "(needs torchvision): adds the paper's own code as a baseline")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--scale", type=int, nargs="+", choices=(2, 3))
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=0, help="default 100 on CUDA, 10 on CPU")
     parser.add_argument("--train-repeat", type=int, default=0,
-                        help="repetitions of the slow train-time form; default 20 CUDA, 3 CPU")
+                        help="repetitions of the slow train-time forms (train, upstream); "
+                             "default 20 CUDA, 3 CPU")
     parser.add_argument("--frames", type=int, default=0,
                         help="frames in the e2e stream; default 200 on CUDA, 8 on CPU")
     parser.add_argument("--json", type=Path, help="also write the results here")

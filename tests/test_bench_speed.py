@@ -4,6 +4,7 @@ row by row, and tables merged from several reports."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -38,7 +39,54 @@ def test_plain_forms_run_first_and_every_output_is_checked(small_case, tmp_path,
     environment = report["environment"]
     assert "cpu_malloc_tuned_for_plain_forms" in environment
     assert environment["loadavg_after"]
-    assert "plain forms (train, fused) run before the engine" in capsys.readouterr().out
+    assert "fused) run before the engine in each process" in capsys.readouterr().out
+
+
+STAND_IN_ARCH = """
+import torch
+from rt4ksr_nodes.model.arch import RT4KSR
+from model.modules import activation
+
+
+class RT4KSR_Rep(RT4KSR):  # the paper code's interface, standing in for it
+    def __init__(self, num_channels, num_feats, num_blocks, upscale, act, eca_gamma, is_train,
+                 forget, layernorm, residual):
+        assert (act, eca_gamma, is_train, forget) == (activation("gelu"), 0, True, False)
+        super().__init__(in_channels=num_channels, features=num_feats, blocks=num_blocks,
+                         scale=upscale)
+        self.gamma = torch.nn.Parameter(torch.zeros(1))
+
+    def load_state_dict(self, state, strict=True):
+        assert any(key.startswith("hfb.") for key in state)  # the whole release, unprefixed
+        assert not any(key.startswith("module.") for key in state)
+        state = {key: value for key, value in state.items() if not key.startswith("hfb.")}
+        return super().load_state_dict(state, strict=strict)
+"""
+
+
+def test_upstream_code_is_a_baseline_when_given(small_case, tmp_path, capsys, monkeypatch):
+    code = tmp_path / "code"
+    (code / "model").mkdir(parents=True)
+    (code / "model" / "__init__.py").write_text("")
+    (code / "model" / "arch.py").write_text(STAND_IN_ARCH)
+    (code / "model" / "modules.py").write_text("def activation(name):\n    return name\n")
+    for name in ("model", "model.arch", "model.modules"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    bench.main(small_case + ["--modes", "model", "--upstream", str(code)])
+    out = capsys.readouterr().out
+    assert code.as_posix() not in sys.path
+    rows = [line for line in out.splitlines() if line.startswith("x2 64x48")]
+    table = rows[len(rows) // 2:]  # the rows as measured, then the table
+    assert [line.split()[2] for line in table] == ["upstream", "train", "fused", "engine"]
+    assert "vs upstream" in out and table[0].endswith("1.0x")
+    assert all(float(line.split()[-4]) >= 100 for line in table)  # PSNR vs fused fp32
+
+
+def test_upstream_needs_the_papers_code_folder(small_case, tmp_path):
+    with pytest.raises(SystemExit, match="no model/arch.py"):
+        bench.main(small_case + ["--upstream", str(tmp_path)])
+    with pytest.raises(SystemExit, match="needs --upstream"):
+        bench.main(small_case + ["--forms", "upstream"])
 
 
 def test_report_keeps_the_rows_finished_before_a_failure(small_case, tmp_path, monkeypatch):
