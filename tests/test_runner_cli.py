@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from ground_truth import ROOT, shared_path
-from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
+from runner_helpers import (  # noqa: F401 - fixture
+    batch_api, editor_graph, editor_node, folders, scale_api, write_png)
 from rt4ksr_nodes import comfy_bridge as bridge
 from rt4ksr_nodes.runner import cli
 
@@ -62,6 +63,46 @@ def test_invalid_workflow_lists_every_problem_and_exits_2(folders, tmp_path, cap
     assert main(folders, path) == 2
     err = capsys.readouterr().err
     assert "2 problems" in err and "node 2 (ImageScaleBy), input 'scale_by'" in err
+
+
+def test_outputs_that_fail_validation_are_left_out_and_the_others_run(folders, tmp_path, capsys):
+    """As ComfyUI's server: the broken branch's output is left out (exit 1), the other runs."""
+    write_png(folders[0] / "a.png", (8, 6))
+    prompt = scale_api()
+    prompt["4"] = {"class_type": "ImageScaleBy",
+                   "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": 99}}
+    prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "out/y"}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(prompt))
+    assert main(folders, path, "--json") == 1
+    assert [(e["event"], e.get("node"), e.get("nodes")) for e in events(capsys)][:2] == [
+        ("problem", "4", None), ("outputs_left_out", None, ["5"])]
+    assert Image.open(folders[1] / "out" / "x_00001_.png").size == (16, 12)
+    assert not list(folders[1].glob("out/y*"))
+    assert main(folders, path, "--validate-only") == 2  # a check reports any problem
+    prompt["2"]["inputs"]["scale_by"] = 99  # no valid output left: refused as a whole
+    path.write_text(json.dumps(prompt))
+    assert main(folders, path) == 2
+    assert "The workflow is not valid (2 problems)" in capsys.readouterr().err
+
+
+def test_a_muted_node_loses_only_the_outputs_after_it(folders, tmp_path, capsys):
+    write_png(folders[0] / "a.png", (8, 6))
+    graph = editor_graph(
+        [editor_node(1, "LoadImage", ["a.png", "image"],
+                     outputs=[("IMAGE", "IMAGE", [1, 3]), ("MASK", "MASK")]),
+         editor_node(2, "ImageScaleBy", ["nearest-exact", 2], mode=2,
+                     inputs=[("image", "IMAGE", 1)], outputs=[("IMAGE", "IMAGE", [2])]),
+         editor_node(3, "SaveImage", ["muted/x"], inputs=[("images", "IMAGE", 2)]),
+         editor_node(4, "SaveImage", ["plain/x"], inputs=[("images", "IMAGE", 3)])],
+        [(1, 1, 0, 2, 0, "IMAGE"), (2, 2, 0, 3, 0, "IMAGE"), (3, 1, 0, 4, 0, "IMAGE")])
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(graph))
+    assert main(folders, path) == 1
+    err = capsys.readouterr().err
+    assert "left out: 3 (SaveImage)" in err and "node 3 (SaveImage), input 'images'" in err
+    assert Image.open(folders[1] / "plain" / "x_00001_.png").size == (8, 6)
+    assert not (folders[1] / "muted").exists()
 
 
 @pytest.mark.parametrize("workflow,override,message", [

@@ -2,7 +2,7 @@
 
 from runner_helpers import folders, scale_api, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes.runner import registry
-from rt4ksr_nodes.runner.validate import validate
+from rt4ksr_nodes.runner.validate import runnable_outputs, validate
 
 
 def kinds(problems):
@@ -88,3 +88,16 @@ def test_nodes_no_output_needs_are_not_checked(folders):
     prompt = scale_api()
     prompt["9"] = {"class_type": "ImageScaleBy", "inputs": {"upscale_method": "bad"}}
     assert validate(prompt, registry.node_classes()) == []
+
+
+def test_runnable_outputs_follow_comfyuis_server(folders):
+    write_png(folders[0] / "a.png")
+    classes = registry.node_classes()
+    prompt = scale_api()
+    prompt["4"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}  # no prefix
+    prompt["5"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    assert runnable_outputs(prompt, classes, validate(prompt, classes)) == ["3", "5"]
+    prompt["2"]["inputs"]["scale_by"] = 99  # shared by 3 and 4
+    assert runnable_outputs(prompt, classes, validate(prompt, classes)) == ["5"]
+    prompt["6"] = {"class_type": "KSampler", "inputs": {}}  # unknown anywhere: nothing runs
+    assert runnable_outputs(prompt, classes, validate(prompt, classes)) == []

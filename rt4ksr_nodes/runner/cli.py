@@ -1,7 +1,12 @@
 """python -m rt4ksr_nodes.run workflow.json: run a ComfyUI workflow without ComfyUI.
 
-Exit codes: 0 every item done (or skipped by --resume), 1 some items failed (the others
-completed), 2 invalid workflow or usage, 130 interrupted (rerun with --resume to finish).
+Exit codes: 0 every item done (or skipped by --resume), 1 some items failed or some outputs
+could not run (the others completed), 2 invalid workflow or usage, 130 interrupted (rerun with
+--resume to finish).
+
+Like ComfyUI's server, a workflow some of whose outputs fail validation runs the others (a muted
+node that leaves a required input unconnected only loses the outputs after it); a node of an
+unknown class, or no valid output at all, refuses the whole workflow.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from .. import comfy_bridge as bridge
 from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary
-from .validate import input_spec, validate
+from .validate import input_spec, output_nodes, runnable_outputs, validate
 
 OK, FAILED, INVALID, INTERRUPTED = 0, 1, 2, 130
 
@@ -92,15 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         return INVALID
     # A run checks against what it can execute, so described-only nodes report needing ComfyUI.
     problems = validate(prompt, described if args.validate_only else classes)
-    if problems:
+    runnable = runnable_outputs(prompt, classes, problems)
+    if problems and (args.validate_only or not runnable):
         out.problems(problems)
         return INVALID
+    if problems:
+        left_out = [o for o in output_nodes(prompt, classes) if o not in runnable]
+        out.problems(problems, left_out=[(o, prompt[o]["class_type"]) for o in left_out])
     if args.validate_only:
         out.message(f"{args.workflow}: valid ({len(prompt)} nodes)", {"event": "valid", "nodes": len(prompt)})
         return OK
     bridge.directory("output").mkdir(parents=True, exist_ok=True)
     core_nodes.clear_previews()
-    options = dict(extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs, on_event=out.event)
+    options = dict(outputs=runnable, extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs,
+                   on_event=out.event)
     if args.backend == "ray":
         from .ray_backend import RayRunner
 
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     with _interrupt_handler(out):
         summary = runner.run()
     out.close()
-    return _exit_code(summary, out)
+    code = _exit_code(summary, out)
+    return FAILED if problems and code == OK else code
 
 
 def _configure(args) -> None:
@@ -253,13 +264,22 @@ class _Output:
     def error(self, text: str) -> None:
         self.message(f"error: {text}", {"event": "error", "message": text})
 
-    def problems(self, problems) -> None:
+    def problems(self, problems, left_out: list[tuple[str, str]] | None = None) -> None:
+        """Validation problems; with `left_out` (output node ids and classes), the outputs that
+        will not run because of them, the others running."""
         if self.as_json:
             for p in problems:
                 self._write_json({"event": "problem", "node": p.node_id, "class_type": p.class_type,
                                   "input": p.input_name, "kind": p.kind, "message": p.message})
+            if left_out:
+                self._write_json({"event": "outputs_left_out", "nodes": [node for node, _ in left_out]})
             return
-        self._print(f"The workflow is not valid ({len(problems)} problem{'s' * (len(problems) != 1)}):")
+        count = f"{len(problems)} problem{'s' * (len(problems) != 1)}"
+        if left_out:
+            names = ", ".join(f"{node} ({class_type})" for node, class_type in left_out)
+            self._print(f"Some outputs cannot run ({count}); left out: {names}. The others run, as in ComfyUI:")
+        else:
+            self._print(f"The workflow is not valid ({count}):")
         for p in problems:
             self._print(f"  - {p}")
 

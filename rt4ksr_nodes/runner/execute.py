@@ -79,16 +79,18 @@ def topological(prompt: dict, node_ids: set[str]) -> list[str]:
 
 
 class Runner:
-    def __init__(self, prompt: dict, classes: dict, *, extra_pnginfo: dict | None = None, resume: bool = False,
+    def __init__(self, prompt: dict, classes: dict, *, outputs: list[str] | None = None,
+                 extra_pnginfo: dict | None = None, resume: bool = False,
                  jobs: int = 2, prefetch: int = 2, on_event: Event | None = None):
+        """`outputs`: the output nodes to run (default: every output node of `prompt`)."""
         self.prompt, self.classes = prompt, classes
+        self.outputs = output_nodes(prompt, classes) if outputs is None else list(outputs)
         self.extra_pnginfo = extra_pnginfo or None
         self.resume, self.jobs, self.prefetch = resume, max(1, jobs), max(1, prefetch)
         self.emit = on_event or (lambda event: None)
         self.instances: dict[str, object] = {}
         self.specs: dict[type, dict] = {}  # INPUT_TYPES() per class, once per run (LoadImage lists a folder)
-        needed = needed_nodes(prompt, output_nodes(prompt, classes))
-        self.order = topological(prompt, needed)
+        self.order = topological(prompt, needed_nodes(prompt, self.outputs))
 
     # -- node calls, as ComfyUI's execution.py -------------------------------------------------
 

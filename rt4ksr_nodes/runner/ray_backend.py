@@ -91,7 +91,8 @@ class RayRunner(Runner):
         downstream = [n for n in self.order if n in after]
         needed = needed_nodes(self.prompt, downstream)
         job = {
-            "prompt": self.prompt, "extra_pnginfo": self.extra_pnginfo, "jobs": self.jobs, "source": source,
+            "prompt": self.prompt, "outputs": self.outputs, "extra_pnginfo": self.extra_pnginfo,
+            "jobs": self.jobs, "source": source,
             "arguments": arguments, "sinks": self.sinks, "downstream": downstream,
             # What the items need of the run-once part (the model), without its outputs: written once, above.
             "static": [n for n in static_nodes if n in needed and not getattr(self._class(n), "OUTPUT_NODE", False)],
@@ -183,8 +184,8 @@ class _Worker:
         bridge.headless.input_dir, bridge.headless.output_dir = Path(settings["input"]), Path(settings["output"])
         bridge.headless.models_dir = Path(settings["models"]) if settings["models"] else None
         bridge.headless.device, bridge.headless.metadata = settings["device"], settings["metadata"]
-        self.runner = Runner(job["prompt"], registry.node_classes(), extra_pnginfo=job["extra_pnginfo"],
-                             jobs=job["jobs"])
+        self.runner = Runner(job["prompt"], registry.node_classes(), outputs=job["outputs"],
+                             extra_pnginfo=job["extra_pnginfo"], jobs=job["jobs"])
         self.runner.sinks = job["sinks"]
         self.source, self.arguments, self.downstream = job["source"], job["arguments"], job["downstream"]
         self.static, ui = {}, []

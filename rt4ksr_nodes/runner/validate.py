@@ -90,6 +90,16 @@ def validate(prompt: dict, classes: dict) -> list[Problem]:
     return problems
 
 
+def runnable_outputs(prompt: dict, classes: dict, problems: list[Problem]) -> list[str]:
+    """The output nodes that run despite `problems`, as ComfyUI's server decides: none when a
+    node has no or an unknown class (the whole prompt is refused), else every output none of
+    whose nodes has a problem; the others are left out."""
+    if any(p.kind in ("unknown_class", "no_outputs") for p in problems):
+        return []
+    broken = {p.node_id for p in problems}
+    return [o for o in output_nodes(prompt, classes) if not needed_nodes(prompt, [o]) & broken]
+
+
 def _id_order(node_id: str):
     return [int(p) if p.isdigit() else 0 for p in node_id.split(":")], node_id
 
