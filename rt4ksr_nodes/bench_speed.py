@@ -76,21 +76,30 @@ def upstream_network(code: Path, checkpoint: Path, scale: int) -> torch.nn.Modul
             f"--upstream: {code} has no model/arch.py; give the code/ folder of a checkout of "
             "github.com/eduardzamfir/RT4KSR"
         )
+    loaded = sys.modules.get("model")
+    here = (code / "model").resolve()
+    if loaded is not None and Path(getattr(loaded, "__file__", None) or "/").resolve().parent != here:
+        raise SystemExit(f"--upstream: another package named 'model' is already imported ({loaded})")
     sys.path.insert(0, str(code))  # its modules import each other as model.*
     try:
         arch = importlib.import_module("model.arch")
-        modules = importlib.import_module("model.modules")
+        activation = importlib.import_module("model.modules").activation
+        network = arch.RT4KSR_Rep
+    except AttributeError as error:
+        raise SystemExit(
+            f"--upstream: {code} is not the code this benchmark knows ({error}); use a current "
+            "checkout of github.com/eduardzamfir/RT4KSR"
+        ) from error
     except Exception as error:
         raise SystemExit(
             f"--upstream: cannot import the paper's code from {code}: {type(error).__name__}: "
-            f"{error} (it needs torchvision matching this torch)"
+            f"{error} (it needs torch and torchvision)"
         ) from error
     finally:
         sys.path.remove(str(code))
-    net = arch.RT4KSR_Rep(
-        num_channels=3, num_feats=24, num_blocks=4, upscale=scale,
-        act=modules.activation("gelu"), eca_gamma=0, is_train=True, forget=False,
-        layernorm=True, residual=False,
+    net = network(
+        num_channels=3, num_feats=24, num_blocks=4, upscale=scale, act=activation("gelu"),
+        eca_gamma=0, is_train=True, forget=False, layernorm=True, residual=False,
     )
     # The release file itself (SHA-256 checked on install), tensors only: weights_only.
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
@@ -280,6 +289,7 @@ def run_all(args) -> dict:
             "repeat": repeat,
             "train_repeat": train_repeat,
             "stream_frames": stream_frames,
+            "upstream": None if args.upstream is None else str(args.upstream.resolve()),
         },
         "rows": [],
     }

@@ -82,11 +82,23 @@ def test_upstream_code_is_a_baseline_when_given(small_case, tmp_path, capsys, mo
     assert all(float(line.split()[-4]) >= 100 for line in table)  # PSNR vs fused fp32
 
 
-def test_upstream_needs_the_papers_code_folder(small_case, tmp_path):
+def test_upstream_needs_the_papers_code_folder(small_case, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no model/arch.py"):
         bench.main(small_case + ["--upstream", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs --upstream"):
         bench.main(small_case + ["--forms", "upstream"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "arch.py").write_text("class RTSR4K_Rep: pass\n")  # an older name
+    (tmp_path / "model" / "modules.py").write_text("def activation(name):\n    return name\n")
+    for name in ("model", "model.arch", "model.modules"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(SystemExit, match="not the code this benchmark knows"):
+        bench.main(small_case + ["--upstream", str(tmp_path)])
+    other = tmp_path / "other"
+    (other / "model").mkdir(parents=True)
+    (other / "model" / "arch.py").write_text("")
+    with pytest.raises(SystemExit, match="another package named 'model'"):
+        bench.main(small_case + ["--upstream", str(other)])
 
 
 def test_report_keeps_the_rows_finished_before_a_failure(small_case, tmp_path, monkeypatch):

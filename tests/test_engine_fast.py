@@ -281,6 +281,21 @@ def test_cuda_fp16_default_is_close_to_fp32(fused_models, scale):
     assert psnr(out, reference(model, image)) >= 50
 
 
+@needs_cuda
+def test_cuda_canvas_kept_on_the_host_when_the_device_is_short(fused_models, monkeypatch):
+    """Little free GPU memory: small tiles, and the canvas (fp16, not the direct path) on the
+    host, so every tile is written from the GPU into host memory."""
+    import rt4ksr_nodes.engine.inference as inference
+
+    monkeypatch.setattr(inference, "free_memory", lambda device: 4_000_000)
+    model = fused_models[3]
+    image = crop("Set14", 2, 200, 240)
+    updates = []
+    out = upscale(model, image, device="cuda", progress=lambda *a: updates.append(a))
+    assert updates[-1][1] > 1  # tiled
+    assert psnr(out, reference(model, image)) >= 50
+
+
 def _cuda_inputs(device, *indices):
     return [
         crop("Set14", index, 128, 160).permute(0, 3, 1, 2).to(device, torch.float16)

@@ -35,6 +35,10 @@ def upscale(
 ) -> torch.Tensor:
     """Upscale a ComfyUI IMAGE (B x H x W x C floats in [0, 1]) by `model.scale`.
 
+    `model`: an RT4KSR network (model.arch.RT4KSR, from load_model or reparameterize; fused or
+    train-time form). The engine runs its own arrangement of the model's weights (see
+    network.py), not the model's forward.
+
     Returns B x sH x sW x C' float32 in [0, 1] on `output_device` (default the CPU). Any H and W
     work, 1 x 1 included. C = 3 (RGB), 4 (RGBA) or 1 (gray: run as RGB with the value in all
     three channels; the result is the mean of the three outputs, C' = 1).

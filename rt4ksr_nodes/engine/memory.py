@@ -6,9 +6,11 @@ pixels):
 - body: the input (C) and ~3 feature maps inside a LayerNorm (3 F / 4);
 - upsample: the input (C), the features (F / 4) and the conv output (C s^2), which is written
   straight into the caller's image (network.write_blocks), so no shuffled copy exists.
-The peak is the larger of the two. Measured on the CPU (ru_maxrss growth of one fp32 forward of
-the engine's network on 1920x1080): 86 bytes per pixel at x2 and 122 at x3, against 21 and 36
-values (84 and 144 bytes) estimated. SAFETY covers convolution workspaces, layout reorders and allocator fragmentation.
+The peak is the larger of the two: 21 and 36 values (84 and 144 bytes in fp32) at x2 and x3.
+Measured on the CPU (ru_maxrss growth of one fp32 forward of the engine's network on 1920x1080):
+86 and 122 bytes per pixel with glibc's default allocation, 168 and 252 with the engine's
+allocator policy (cpu.py), under which freed buffers stay in a heap that fragments. SAFETY
+covers that, convolution workspaces and layout reorders.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from .tiling import MIN_TILE
 
-SAFETY = 1.5
+SAFETY = 2.0
 # Share of the free memory the engine plans to use; the rest stays for everything else.
 USABLE = 0.8
 

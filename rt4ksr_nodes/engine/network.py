@@ -51,7 +51,8 @@ class ConvGELU(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias
-        self.onednn = onednn_conv_gelu()  # decided here, so compiled graphs see a constant
+        # Decided here, so compiled graphs see a constant.
+        self.onednn = torch.backends.mkldnn.enabled and onednn_conv_gelu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -68,10 +69,13 @@ def onednn_conv_gelu() -> bool:
     op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return False
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 8, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(8, 8, 3, 3, generator=generator), torch.randn(8, generator=generator)
     try:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 8, 6, 6, generator=generator, device="cpu").contiguous(
+            memory_format=torch.channels_last
+        )
+        weight = torch.randn(8, 8, 3, 3, generator=generator, device="cpu")
+        bias = torch.randn(8, generator=generator, device="cpu")
         with torch.inference_mode():
             fused = op(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "gelu", [], "none")
             plain = F.gelu(F.conv2d(x, weight, bias, padding=1))
@@ -140,7 +144,8 @@ def write_blocks(blocks: torch.Tensor, target: torch.Tensor) -> None:
 
     blocks: h x w x f x f x C (block row, block column, row and column inside the block,
     colour), a view of EngineNetwork's output. target: H x W x C, at most h f x w f, in the same
-    dtype; only the blocks it covers are read, the last block row and column may be cut short.
+    dtype, on any device (a canvas too big for the compute device is kept on the host); only the
+    blocks it covers are read, the last block row and column may be cut short.
     """
     f = blocks.shape[2]
     height, width = target.shape[:2]
@@ -159,4 +164,8 @@ def write_blocks(blocks: torch.Tensor, target: torch.Tensor) -> None:
             view = region.unflatten(0, (bottom - top, sub_rows)).unflatten(
                 2, (right - left, sub_cols)
             )
-            torch.clamp(source.permute(0, 2, 1, 3, 4), 0, 1, out=view)
+            pixels = source.permute(0, 2, 1, 3, 4)
+            if view.device == pixels.device:
+                torch.clamp(pixels, 0, 1, out=view)  # one pass, no temporary
+            else:
+                view.copy_(pixels.clamp(0, 1))
