@@ -7,7 +7,9 @@
   axis (first, interior, the one before a last core thinner than the context, last; see
   tiling.window). All graphs of a network share one memory pool, so their scratch memory is
   that of the largest window, not the sum; sharing is safe because calls are serialised (lock)
-  and each call's output is consumed before the next (see Accelerated). Out of memory, the
+  and each call's output is consumed before the next (see Accelerated; "consumed" means the
+  consuming kernels are enqueued, which orders them before the next replay on the same CUDA
+  stream: every caller in this package uses the thread's current stream). Out of memory, the
   Tiler calls release(): the graphs go, and with them the pool, before it shrinks its tiles
   (whose new shapes need new graphs anyway).
 - torch.compile, chosen by RT4KSR_COMPILE (read when a model is first prepared):
