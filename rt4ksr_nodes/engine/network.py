@@ -79,7 +79,7 @@ def onednn_conv_gelu() -> bool:
         with torch.inference_mode():
             fused = op(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "gelu", [], "none")
             plain = F.gelu(F.conv2d(x, weight, bias, padding=1))
-    except RuntimeError:
+    except Exception:  # noqa: BLE001 - a private operator: any failure means "not in this torch"
         return False
     return fused.shape == plain.shape and torch.allclose(fused, plain, rtol=1e-5, atol=1e-5)
 
