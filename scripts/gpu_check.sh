@@ -12,6 +12,8 @@
 # Checkpoints: weights/ (carry it along) or RT4KSR_WEIGHTS_FROM=FOLDER.
 # Tests need the shared folder (weights/ and images/Set5, Set14): RT4KSR_SHARED, else ./shared,
 # else ../shared; without it only the benchmark runs.
+# The paper's own code as a baseline row: RT4KSR_UPSTREAM=DIR (the code/ folder of a checkout of
+# github.com/eduardzamfir/RT4KSR; needs torchvision).
 # Results: gpu_check/ (bench_*.json and .log, tests.log).
 # Exit status: 2 without a CUDA torch or checkpoints, 1 if the GPU tests failed or timed out or
 # no benchmark row was measured, else 0.
@@ -54,6 +56,7 @@ table() {
 
 echo "== benchmark, CUDA graphs without torch.compile"
 RT4KSR_COMPILE=never timeout 150 "$python" -m rt4ksr_nodes.bench --weights weights \
+    ${RT4KSR_UPSTREAM:+--upstream "$RT4KSR_UPSTREAM"} \
     --json "$out/bench_graphs.json" >"$out/bench_graphs.log" 2>&1 \
     || { echo "benchmark exit $? (124 = timed out), rows so far kept"; tail -n 20 "$out/bench_graphs.log"; }
 table || echo "no benchmark row finished"
