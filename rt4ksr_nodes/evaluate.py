@@ -89,8 +89,13 @@ def find_benchmark(path: Path) -> Benchmark:
 
 def load_rgb8(path: Path) -> np.ndarray:
     """H x W x 3 uint8; grayscale becomes three equal channels, alpha is dropped."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: cannot read image: {error}") from error
 
 
 def jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
@@ -279,6 +284,9 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
+    for option, target in (("--csv", args.csv), ("--json", args.json)):
+        if target is not None and target.is_dir():  # found out before the evaluation, not after
+            parser.exit(2, f"error: {option} {target} is a folder; give a file name\n")
     device = torch.device(args.device)
     try:
         benchmarks = [find_benchmark(path) for path in args.input]

@@ -7,6 +7,7 @@ others still done), 2 for usage errors and unusable checkpoints.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -48,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="an image file or a folder of images (not recursive); repeatable",
     )
     parser.add_argument(
-        "--output", "-o", type=Path,
-        help="output file (one input) or folder; default: <stem>--<s>x.png beside each input",
+        "--output", "-o",
+        help="output file (one input) or folder (several inputs, an existing folder, or a path "
+        "ending in /); default: <stem>--<s>x.png beside each input",
     )
     parser.add_argument("--scale", type=int, choices=(2, 3), help="use the released model")
     parser.add_argument("--model", type=Path, help="any RT4KSR checkpoint (.pth/.safetensors)")
@@ -106,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _jobs(
-    inputs: list[Path], output: Path | None, scale: int
+    inputs: list[Path], output: str | None, scale: int
 ) -> tuple[list[tuple[Path, Path]], int]:
-    """(source, destination) pairs, and how many inputs were unusable (reported on stderr)."""
+    """(source, destination) pairs, and how many inputs were unusable (reported on stderr).
+    `output` as typed: a trailing separator makes it a folder even before it exists."""
+    folder = output is not None and output.endswith(("/", os.sep))
+    output = None if output is None else Path(output)
     sources, failures = [], 0
     for item in inputs:
         if item.is_dir():
@@ -130,7 +135,7 @@ def _jobs(
         name = f"{source.stem}--{scale}x.png"
         if output is None:
             destination = source.with_name(name)
-        elif single_file and not output.is_dir():
+        elif single_file and not folder and not output.is_dir():
             destination = output
         else:
             destination = output / name

@@ -9,13 +9,15 @@ from PIL import Image
 
 from ground_truth import shared_path
 from engine_helpers import reference
+from runner_helpers import folders  # noqa: F401 - fixture
 from rt4ksr_nodes import bench, load_model
 from rt4ksr_nodes.bench_runner import folder_prompt
 from rt4ksr_nodes.runner import registry
 from rt4ksr_nodes.runner.validate import validate
 
 
-def test_folder_workflow_is_valid():
+def test_folder_workflow_is_valid(folders):
+    (folders[0] / "frames").mkdir()  # the benchmark writes its frames there
     assert validate(folder_prompt(), registry.node_classes()) == []
 
 

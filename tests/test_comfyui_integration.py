@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -188,3 +189,19 @@ def test_folder_batch_runs_in_the_server_as_headless(server, folders, monkeypatc
         assert ours.shape == theirs.shape
         difference = np.abs(ours - theirs)
         assert difference.max() <= 1 and (difference == 0).mean() >= 0.999
+
+
+def test_server_runs_the_packs_input_checks(server):
+    """The pack's VALIDATE_INPUTS inside the real validator: a tile below 32 is refused with its
+    reason; linked into the check (a primitive feeding tile_size) it does not break validation."""
+    url, base = server
+    prompt = json.loads(WORKFLOW.read_text())
+    upscaler = next(i for i, node in prompt.items() if node["class_type"] == "RT4KSRUpscale")
+    prompt[upscaler]["inputs"]["tile_size"] = 16
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})
+    errors = json.loads(refused.value.read())["node_errors"][upscaler]["errors"]
+    assert any("tile_size must be 0 (automatic) or 32" in e["details"] for e in errors)
+    prompt["90"] = {"class_type": "PrimitiveInt", "inputs": {"value": 64}}
+    prompt[upscaler]["inputs"]["tile_size"] = ["90", 0]
+    assert http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test", "number": -1})["prompt_id"]

@@ -166,3 +166,17 @@ def test_json_report_writes_infinite_psnr_as_null():
     assert report["results"][0]["psnr_rgb"] is None and report["results"][0]["ssim_rgb"] == 1.0
     assert "Infinity" not in ev.report_json({}, [row])
     assert "infinite" in report["settings"]["null"]
+
+
+def test_cli_names_a_broken_image_and_refuses_a_folder_as_report(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    write_png(folder / "a.png", smooth_image(40, 52, 3))
+    data = (folder / "a.png").read_bytes()
+    (folder / "b.png").write_bytes(data[: len(data) // 2])  # truncated
+    arguments = ["--input", str(folder), "--model", str(checkpoint_path(2)), "--no-progress"]
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(arguments)
+    assert stopped.value.code == 2 and str(folder / "b.png") in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(arguments + ["--csv", str(tmp_path)])
+    assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 from PIL import Image
 
 from ground_truth import ROOT, shared_path
@@ -65,6 +66,18 @@ def test_invalid_workflow_lists_every_problem_and_exits_2(folders, tmp_path, cap
     assert "2 problems" in err and "node 2 (ImageScaleBy), input 'scale_by'" in err
 
 
+def test_bad_folders_and_devices_are_usage_errors(folders, tmp_path, capsys):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(scale_api()))
+    not_a_folder = tmp_path / "o.jpg"
+    not_a_folder.write_bytes(b"x")
+    assert cli.main([str(path), "--output-dir", str(not_a_folder)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(folders, path, "--device", "cuda") == 2
+        assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
 def test_outputs_that_fail_validation_are_left_out_and_the_others_run(folders, tmp_path, capsys):
     """As ComfyUI's server: the broken branch's output is left out (exit 1), the other runs."""
     write_png(folders[0] / "a.png", (8, 6))
@@ -107,6 +120,7 @@ def test_a_muted_node_loses_only_the_outputs_after_it(folders, tmp_path, capsys)
 
 @pytest.mark.parametrize("workflow,override,message", [
     (scale_api, "9.image=a.png", "no node with id or title '9'"),
+    (scale_api, "2.image=a.png", "input 'image' of node 2 (ImageScaleBy) is connected to node 1"),
     (scale_api, "1.colour=red", "has no input 'colour'"),
     (scale_api, "1image", "expected NODE.INPUT=VALUE"),
     (batch_api, "1.recursive=flase", "'flase' is not a boolean"),

@@ -258,7 +258,11 @@ def test_batch_name_template_with_an_unknown_field_is_invalid(folders):
 
 
 def test_batch_loader_refuses_folder_outside_input(folders):
-    summary = run(batch_api(folder="../"))
+    prompt, classes = batch_api(folder="../"), registry.node_classes()
+    problems = validate(prompt, classes)
+    assert [(p.node_id, p.kind, p.input_name) for p in problems] == [("1", "rejected_value", "folder")]
+    assert "outside" in problems[0].message
+    summary = Runner(prompt, classes).run()  # not validated: refused when it runs, too
     assert summary.failed == 1 and "outside" in summary.failures[0][1]
 
 

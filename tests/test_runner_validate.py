@@ -101,3 +101,41 @@ def test_runnable_outputs_follow_comfyuis_server(folders):
     assert runnable_outputs(prompt, classes, validate(prompt, classes)) == ["5"]
     prompt["6"] = {"class_type": "KSampler", "inputs": {}}  # unknown anywhere: nothing runs
     assert runnable_outputs(prompt, classes, validate(prompt, classes)) == []
+
+
+def test_checks_a_run_would_fail_are_made_before_anything_runs(folders):
+    """Values that could only fail later are refused by validation: a tile below the engine's
+    minimum, a Save Image prefix or an image folder leading out of their folders, a folder that
+    does not exist."""
+    write_png(folders[0] / "a.png")
+    classes = registry.node_classes()
+    prompt = scale_api(prefix="../../escape/x")
+    prompt["4"] = {"class_type": "RT4KSRModelLoader", "inputs": {"model_name": "rt4ksr_x2.pth", "reparameterize": True}}
+    prompt["5"] = {"class_type": "RT4KSRUpscale", "inputs": {"model": ["4", 0], "image": ["1", 0], "tile_size": 16,
+                                                             "precision": "auto"}}
+    prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}
+    prompt["7"] = {"class_type": "RT4KSRLoadImageFolder", "inputs": {"folder": "nowhere", "pattern": "*", "recursive": False}}
+    prompt["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
+    problems = validate(prompt, classes)
+    assert kinds(problems) == [("3", "rejected_value", "filename_prefix"), ("5", "rejected_value", "tile_size"),
+                               ("7", "rejected_value", "folder")]
+    messages = {p.node_id: p.message for p in problems}
+    assert "outside" in messages["3"] and "got 16" in messages["5"] and "'nowhere' does not exist" in messages["7"]
+    prompt["5"]["inputs"]["tile_size"] = 32
+    (folders[0] / "nowhere").mkdir()
+    prompt["3"]["inputs"]["filename_prefix"] = "inside/x"
+    assert validate(prompt, classes) == []
+
+
+def test_near_misses_are_named(folders):
+    write_png(folders[0] / "a.png")
+    classes = registry.node_classes()
+    prompt = scale_api()
+    prompt["2"]["inputs"]["scale_bye"] = prompt["2"]["inputs"].pop("scale_by")
+    prompt["4"] = {"class_type": "RT4KSRUpscal", "inputs": {}}
+    problems = {p.node_id: p for p in validate(prompt, classes)}
+    assert "an input 'scale_bye' it does not take" in problems["2"].message
+    assert "did you mean 'RT4KSRUpscale'?" in problems["4"].message
+    prompt = scale_api(image="missing.png")
+    (problem,) = validate(prompt, classes)
+    assert str(folders[0].resolve()) in problem.message

@@ -58,6 +58,9 @@ def test_output_file_and_folder_inputs(tmp_path, capsys):
     _save(folder / "sub" / "deep.png")
     assert main(["-i", str(folder), "--scale", "2", "-o", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one--2x.png", "two--2x.png"]
+    # One input and a folder that does not exist yet: a trailing / says it is a folder.
+    assert main(["-i", str(source), "--scale", "2", "-o", str(tmp_path / "new") + "/"]) == 0
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["a--2x.png"]
 
 
 def test_never_overwrites_without_the_flag(tmp_path, capsys):

@@ -83,7 +83,7 @@ class RT4KSRLoadImageFolder:
         folders are left out, and so are symlinks that lead out of the input folder."""
         root = cls._root(folder)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {folder!r} does not exist in {bridge.directory('input')}")
+            raise FileNotFoundError(_no_folder(folder))
         pattern = pattern or "*"
         found = root.rglob("*") if recursive else root.iterdir()
         names = []
@@ -103,6 +103,18 @@ class RT4KSRLoadImageFolder:
             searched = f"{root} and its subfolders" if recursive else f"{root}, not its subfolders"
             raise FileNotFoundError(f"no image in {folder!r} matches {pattern!r} (searched {searched})")
         return sorted(names)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None):
+        """The folder must exist inside the input folder before anything runs; which files
+        match is known only when the workflow runs."""
+        if folder is None:
+            return True
+        try:
+            root = cls._root(folder)
+        except UnsafePathError as error:
+            return str(error)
+        return True if root.is_dir() else _no_folder(folder)
 
     @classmethod
     def IS_CHANGED(cls, folder, pattern, recursive) -> str:
@@ -142,6 +154,10 @@ class RT4KSRLoadImageFolder:
         if failures and not outputs[0]:
             raise ImageReadError("no image could be read: " + "; ".join(failures))
         return outputs
+
+
+def _no_folder(folder: str) -> str:
+    return f"image folder {folder!r} does not exist in {bridge.directory('input')}"
 
 
 class RT4KSRSaveImageBatch:
@@ -194,7 +210,7 @@ class RT4KSRSaveImageBatch:
         return [inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
 
     @classmethod
-    def VALIDATE_INPUTS(cls, name_template, subfolder):
+    def VALIDATE_INPUTS(cls, name_template=None, subfolder=None):
         """Refuse names that could never be written before any image is computed; a dummy
         source stands in for the paths that come from the loader. Linked values (None here)
         are checked when the images are saved."""

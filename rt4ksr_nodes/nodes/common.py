@@ -1,6 +1,7 @@
 """What every node of the pack shares."""
 
 from ..engine.device import PRECISION_CHOICES
+from ..engine.tiling import MIN_TILE
 
 CATEGORY = "image/upscaling/RT4KSR"
 MODEL_TYPE = "RT4KSR_MODEL"
@@ -10,13 +11,24 @@ def model_input(tooltip: str = "An RT4KSR model from Load RT4KSR Model.") -> tup
     return (MODEL_TYPE, {"tooltip": tooltip})
 
 
+TILE_MAX = 16384
+
+
+def check_tile(tile_size) -> bool | str:
+    """VALIDATE_INPUTS for tile_size: 0, or MIN_TILE to TILE_MAX (a widget's min cannot say "0 or
+    at least 32"; a node that validates an input itself also owns its range check)."""
+    if tile_size is None or tile_size == 0 or MIN_TILE <= tile_size <= TILE_MAX:
+        return True
+    return f"tile_size must be 0 (automatic) or {MIN_TILE} to {TILE_MAX}, got {tile_size}"
+
+
 def tile_input() -> tuple:
     return (
         "INT",
         {
             "default": 0,
             "min": 0,
-            "max": 16384,
+            "max": TILE_MAX,
             "step": 32,
             "tooltip": "Tile side in input pixels; 0 = automatic (whole image when it fits in "
             "memory). Any tile size gives the same pixels: tiles carry real context, no seams. "

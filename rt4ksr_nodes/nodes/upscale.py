@@ -12,7 +12,7 @@ from .. import comfy_bridge as bridge
 from ..engine import upscale
 from ..engine.device import resolve_device, resolve_dtype
 from ..engine.memory import bytes_per_pixel
-from .common import CATEGORY, model_input, precision_input, tile_input
+from .common import CATEGORY, check_tile, model_input, precision_input, tile_input
 
 PRESETS = {"3840x2160 (UHD 4K)": (3840, 2160), "4096x2160 (DCI 4K)": (4096, 2160)}
 CUSTOM = "custom"
@@ -86,6 +86,10 @@ class RT4KSRUpscale:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_size=None):
+        return check_tile(tile_size)
+
     def upscale(self, model, image, tile_size, precision, mask=None):
         alpha = None if mask is None else _mask_as_alpha(mask, image)
         rgb = image[..., :3]
@@ -152,6 +156,10 @@ class RT4KSRUpscaleToSize:
                 "precision": precision_input(),
             }
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_size=None):
+        return check_tile(tile_size)
 
     def upscale_to_size(self, model, image, preset, width, height, aspect, tile_size, precision):
         target = target_size(preset, width, height)

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import comfy_bridge as bridge
 from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary
-from .validate import input_spec, output_nodes, runnable_outputs, validate
+from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate
 
 OK, FAILED, INVALID, INTERRUPTED = 0, 1, 2, 130
 
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _configure(args) -> None:
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"--output-dir {args.output_dir} is a file, not a folder")
     bridge.headless.input_dir = args.input_dir.resolve()
     bridge.headless.output_dir = args.output_dir.resolve()
     if args.models_dir:
@@ -136,6 +138,8 @@ def _configure(args) -> None:
             device = torch.device(args.device)
         except RuntimeError as error:
             raise UsageError(f"--device {args.device}: {error}") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: this torch sees no CUDA GPU")
         bridge.headless.device = device
     bridge.headless.metadata = not args.no_metadata
 
@@ -165,8 +169,12 @@ def apply_override(prompt: dict, classes: dict, override: str) -> tuple[str, str
     if cls and name not in spec:
         raise UsageError(f"--set: node {node_id} ({prompt[node_id]['class_type']}) has no input {name!r}; "
                          f"it has {', '.join(spec)}")
+    inputs = prompt[node_id].setdefault("inputs", {})
+    if is_link(inputs.get(name)):
+        raise UsageError(f"--set: input {name!r} of node {node_id} ({prompt[node_id]['class_type']}) is "
+                         f"connected to node {inputs[name][0]}; --set changes values, not links")
     kind = spec[name][1] if name in spec else "STRING"
-    value = prompt[node_id].setdefault("inputs", {})[name] = parse_value(text, kind)
+    value = inputs[name] = parse_value(text, kind)
     return node_id, name, value
 
 

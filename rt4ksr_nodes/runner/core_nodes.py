@@ -124,7 +124,7 @@ class LoadImage:
             exists = annotated_path(image).is_file()
         except UnsafePathError as error:
             return str(error)
-        return True if exists else f"Invalid image file: {image}"
+        return True if exists else f"Invalid image file: {image} (no such file in {annotated_path(image).parent})"
 
 
 def save_image_path(prefix: str, output_dir: Path, width: int, height: int):
@@ -197,6 +197,19 @@ class SaveImage:
 
     def folder(self) -> Path:
         return bridge.directory("output")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        """A prefix leading out of the output folder is refused before anything runs (ComfyUI
+        finds out only when saving)."""
+        if filename_prefix is None:
+            return True
+        subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+        try:
+            inside(bridge.directory("output"), subfolder or ".")
+        except UnsafePathError as error:
+            return str(error)
+        return True
 
     def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         filename_prefix += self.prefix_append

@@ -29,7 +29,7 @@ from .execute import Interrupted, NodeError, Runner, Summary, _check_interrupt, 
 from .validate import is_link, needed_nodes
 
 INSTALL_HINT = ("--backend ray needs Ray: pip install 'rt4ksr-nodes[ray]' "
-                "(or pip install 'ray[data]>=2.9' into this environment)")
+                "(or pip install 'ray[data]>=2.10' into this environment)")
 # Test-only: "N:MARKER" makes one worker process exit after writing its N-th item, before
 # reporting it, once (MARKER is created first): a worker killed at the worst moment.
 KILL_HOOK = "RT4KSR_TEST_KILL_WORKER"

@@ -3,6 +3,7 @@ collecting every problem instead of stopping at the first one per output."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from dataclasses import dataclass
@@ -76,8 +77,10 @@ def validate(prompt: dict, classes: dict) -> list[Problem]:
         if not class_type:
             problems.append(Problem(node_id, "?", None, "unknown_class", "the node has no class_type"))
         elif class_type not in classes:
+            close = difflib.get_close_matches(class_type, classes, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(Problem(node_id, class_type, None, "unknown_class",
-                                    f"unknown node type {class_type!r}: it needs ComfyUI or the node pack that provides it"))
+                                    f"unknown node type {class_type!r}{hint}: it needs ComfyUI or the node pack that provides it"))
     outputs = output_nodes(prompt, classes)
     if not outputs:
         problems.append(Problem("", "", None, "no_outputs", "the workflow has no output node (such as Save Image)"))
@@ -115,10 +118,14 @@ def _check_node(node_id: str, prompt: dict, cls, classes: dict) -> list[Problem]
     def problem(name, kind, message):
         problems.append(Problem(node_id, class_type, name, kind, message))
 
-    for name, (category, kind, options) in input_spec(cls.INPUT_TYPES()).items():
+    spec = input_spec(cls.INPUT_TYPES())
+    strangers = [key for key in inputs if key not in spec]  # ignored, as ComfyUI does
+    for name, (category, kind, options) in spec.items():
         if name not in inputs:
             if category == "required":
-                problem(name, "missing_input", "required input is missing (not connected and no value)")
+                close = difflib.get_close_matches(name, strangers, n=1)
+                hint = f"; the node has an input {close[0]!r} it does not take: a misspelling?" if close else ""
+                problem(name, "missing_input", f"required input is missing (not connected and no value{hint})")
             continue
         value = inputs[name]
         if isinstance(value, list):
