@@ -4,8 +4,10 @@ final name is always complete."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -62,3 +64,29 @@ def inside(base: str | os.PathLike, relative: str) -> Path:
     if target != root and root not in target.parents:
         raise UnsafePathError(f"{relative!r} leads outside {root}; this is not allowed")
     return target
+
+
+def signature(path: str | os.PathLike) -> tuple:
+    """Changes whenever the file at `path` is replaced or rewritten."""
+    stat = os.stat(path)
+    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+_hashes: dict[tuple, str] = {}  # signature -> SHA-256, for files already hashed in this process
+_hashes_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of the file, hashed once per version of it in this process."""
+    key = signature(path)
+    with _hashes_lock:
+        known = _hashes.get(key)
+    if known is None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        known = digest.hexdigest()
+        with _hashes_lock:
+            _hashes[key] = known
+    return known

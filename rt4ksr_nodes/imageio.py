@@ -34,7 +34,7 @@ ICC_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;
 # other order keeps the other byte. ";16N" (libtiff's output for compressed TIFF) is native.
 _NATIVE_LOW = ";16B" if sys.byteorder == "little" else ";16L"
 _HIGH_TO_LOW = {";16B": ";16L", ";16L": ";16B", ";16N": _NATIVE_LOW}
-# Pillow refuses images over twice this many pixels; read_image applies its own limit.
+# Held while Pillow's own limit is lifted for a read allowed more pixels than it permits.
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .fileio import atomic_write
-from .model.checkpoint import file_sha256
+from .fileio import atomic_write, file_sha256
 
 MANIFEST_PATH = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
 CHUNK = 1 << 16
-# (path, inode, size, mtime) -> SHA-256 of files already hashed in this process.
-_verified: dict[tuple, str] = {}
 
 
 class WeightsError(RuntimeError):
@@ -93,23 +90,12 @@ def _write_verified(release: Release, chunks: Iterable[bytes], dest: Path, origi
                 f"{release.sha256} for {release.file}; the file was discarded and nothing was "
                 "installed. " + _offline_hint(release)
             )
-    _verified[_signature(dest)] = release.sha256
     return dest
 
 
-def _signature(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
 def is_verified(release: Release, path: Path) -> bool:
-    """Whether `path` is `release`, hashing a file only once per version of it."""
-    if not path.is_file():
-        return False
-    key = _signature(path)
-    if key not in _verified:
-        _verified[key] = file_sha256(path)
-    return _verified[key] == release.sha256
+    """Whether `path` is `release` (fileio.file_sha256 hashes each version of a file once)."""
+    return path.is_file() and file_sha256(path) == release.sha256
 
 
 def install_from(release: Release, source_dir: Path, dest: Path) -> Path:
@@ -164,9 +150,8 @@ def download(
                         for chunk in response.iter_content(CHUNK)
                     )
                     return _write_verified(release, chunks, dest, url)
-        except (_Retryable, requests.ConnectionError, requests.Timeout) as error:
-            last_error = str(error) or type(error).__name__
-        except requests.RequestException as error:  # e.g. the stream broke off mid-file
+        # Retried: 429/5xx, refused or timed-out connections, a stream that broke off mid-file.
+        except (_Retryable, requests.RequestException) as error:
             last_error = str(error) or type(error).__name__
     raise WeightsError(
         f"{url}: could not download {release.file} after {attempts} attempts ({last_error}). "

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def shared_path(*parts: str) -> Path:
 
 def checkpoint_path(scale: int) -> Path:
     return shared_path("weights", f"rt4ksr_x{scale}.pth")
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256 by hashlib in one read: independent of the package's hashing."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def image_paths(set_name: str) -> list[Path]:

@@ -9,10 +9,9 @@ import struct
 import pytest
 import torch
 
-from ground_truth import checkpoint_path, load_rgb, image_paths
+from ground_truth import checkpoint_path, image_paths, load_rgb, sha256_of
 from rt4ksr_nodes import CheckpointError, load_model, save_model
 from rt4ksr_nodes.model import read_checkpoint
-from rt4ksr_nodes.model.checkpoint import file_sha256
 
 
 def released_state(scale: int = 2) -> dict:
@@ -65,7 +64,7 @@ def test_safetensors_round_trip_is_bit_exact(tmp_path, fused_models, train_model
         original, reread = model.state_dict(), loaded.state_dict()
         assert original.keys() == reread.keys()
         assert all(torch.equal(original[k], reread[k]) for k in original)
-        assert loaded.source_sha256 == file_sha256(checkpoint_path(model.scale))
+        assert loaded.source_sha256 == sha256_of(checkpoint_path(model.scale))
         assert_same_output(loaded, model)
 
 
@@ -77,7 +76,7 @@ def test_safetensors_metadata(tmp_path, fused_models):
         "architecture": "RT4KSR",
         "form": "fused",
         "scale": "2",
-        "source_sha256": file_sha256(checkpoint_path(2)),
+        "source_sha256": sha256_of(checkpoint_path(2)),
     }
 
 
@@ -92,7 +91,7 @@ def test_save_refuses_overwrite_and_other_suffixes(tmp_path, fused_models):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
-def test_load_returns_eval_model_without_grad(fused_models):
+def test_load_returns_eval_model_without_grad():
     model = load_model(checkpoint_path(2))
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
@@ -168,34 +167,34 @@ def test_other_architecture(tmp_path):
         load_model(path)
 
 
-def test_missing_key_is_named(tmp_path):
-    state = released_state()
+def _drop(state):
     del state["module.body.2.norm.bias"]
-    path = tmp_path / "broken.pth"
-    torch.save({"state_dict": state}, path)
-    with pytest.raises(CheckpointError, match=r"broken\.pth.*missing keys: body\.2\.norm\.bias"):
-        load_model(path)
 
 
-def test_unexpected_key_is_named(tmp_path):
-    state = released_state()
+def _add(state):
     state["module.body.1.extra.weight"] = torch.zeros(3)
-    path = tmp_path / "extra.pth"
-    torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"unexpected keys: body\.1\.extra\.weight"):
-        load_model(path)
 
 
-def test_wrong_shape_is_named(tmp_path):
-    state = released_state()
+def _reshape(state):
     state["module.tail.0.weight"] = torch.zeros(23)
-    path = tmp_path / "shape.pth"
-    torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"wrong shapes: tail\.0\.weight \(23,\)"):
+
+
+@pytest.mark.parametrize("change, wrapped, message", [
+    (_drop, True, r"broken\.pth.*missing keys: body\.2\.norm\.bias"),
+    (_add, False, r"broken\.pth.*unexpected keys: body\.1\.extra\.weight"),
+    (_reshape, False, r"broken\.pth.*wrong shapes: tail\.0\.weight \(23,\)"),
+])
+def test_key_problems_are_named(tmp_path, change, wrapped, message):
+    """Missing, unexpected and wrong-shape keys, in the released wrapper and as a bare dict."""
+    state = released_state()
+    change(state)
+    path = tmp_path / "broken.pth"
+    torch.save({"state_dict": state} if wrapped else state, path)
+    with pytest.raises(CheckpointError, match=message):
         load_model(path)
 
 
-def test_mixed_forms_are_refused(tmp_path, fused_models):
+def test_mixed_forms_are_refused(tmp_path):
     state = {k.removeprefix("module."): v for k, v in released_state().items()}
     state["body.0.conv1.rep_conv.weight"] = torch.zeros(24, 24, 3, 3)
     path = tmp_path / "mixed.pth"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ground_truth import checkpoint_path, shared_path
+from ground_truth import checkpoint_path, sha256_of, shared_path
 from rt4ksr_nodes import weights
-from rt4ksr_nodes.model.checkpoint import file_sha256
 
 
 class Server:
@@ -90,7 +89,7 @@ def test_manifest_matches_shared_digests():
 def test_download_verifies_and_is_idempotent(server, dest):
     path = weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=server.url, progress=False)
     assert path == dest / "rt4ksr_x2.pth"
-    assert file_sha256(path) == weights.releases()["rt4ksr_x2"].sha256
+    assert sha256_of(path) == weights.releases()["rt4ksr_x2"].sha256
     assert leftovers(dest) == ["rt4ksr_x2.pth"]
     weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=server.url, progress=False)
     assert server.requests == ["/rt4ksr_x2.pth"]
@@ -108,13 +107,13 @@ def test_tampered_download_leaves_nothing(server, dest):
 def test_corrupt_existing_file_is_replaced(server, dest):
     (dest / "rt4ksr_x3.pth").write_bytes(b"not a model")
     path = weights.ensure("rt4ksr_x3", dest_dir=dest, mirror=server.url, progress=False)
-    assert file_sha256(path) == weights.releases()["rt4ksr_x3"].sha256
+    assert sha256_of(path) == weights.releases()["rt4ksr_x3"].sha256
 
 
 def test_retries_server_errors_and_broken_streams(server, dest):
     server.plan["/rt4ksr_x2.pth"] = ["503", "cut", "serve"]
     path = weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=server.url, progress=False, backoff=0)
-    assert file_sha256(path) == weights.releases()["rt4ksr_x2"].sha256
+    assert sha256_of(path) == weights.releases()["rt4ksr_x2"].sha256
     assert len(server.requests) == 3
     assert leftovers(dest) == ["rt4ksr_x2.pth"]
 

@@ -106,6 +106,7 @@ class RT4KSR(nn.Module):
         self.fused = fused
         self.mid_channels = None if fused else (mid_channels or 2 * features)
         self.description = ""
+        self.source_sha256 = ""  # SHA-256 of the checkpoint file the weights came from
 
         def conv_block() -> nn.Module:
             return FusedConv(features) if fused else ExpandedConv(features, self.mid_channels)

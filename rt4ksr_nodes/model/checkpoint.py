@@ -10,7 +10,6 @@ Pickled files are only ever read with `weights_only=True`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -22,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, file_sha256
 from .arch import RT4KSR
 from .reparam import reparameterize as fuse
 
@@ -32,6 +31,8 @@ WRAPPER_KEYS = ("state_dict", "params_ema", "params")
 # The high-frequency branch of the released configuration: present, never used (see arch.py).
 UNUSED_PREFIXES = ("gamma", "hfb.")
 SAFETENSORS_SUFFIX = ".safetensors"
+# Keys every RT4KSR checkpoint has, whatever its form.
+CORE_KEYS = {"head.0.weight", "upsample.0.weight"}
 
 
 class CheckpointError(ValueError):
@@ -54,14 +55,6 @@ class Checkpoint:
         model.load_state_dict(self.state_dict, strict=True)
         model.source_sha256 = self.source_sha256
         return model.eval().requires_grad_(False)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
@@ -184,6 +177,11 @@ def _check_keys(state: dict, model: RT4KSR, path: Path) -> None:
         )
 
 
+def _block_forms(keys) -> tuple[bool, bool]:
+    """Whether the keys hold fused (rep_conv) and whether train-time (expand_conv) blocks."""
+    return any(".rep_conv." in key for key in keys), any(".expand_conv." in key for key in keys)
+
+
 def looks_like_rt4ksr(path: str | os.PathLike) -> bool:
     """Cheap check by key names only (for listing a shared folder such as upscale_models/):
     .safetensors headers are read without tensors, .pth files memory-mapped."""
@@ -197,9 +195,7 @@ def looks_like_rt4ksr(path: str | os.PathLike) -> bool:
             keys = set(_strip_prefix(content)) if isinstance(content, dict) else set()
     except Exception:  # unreadable files are simply not RT4KSR models
         return False
-    return {"head.0.weight", "upsample.0.weight"} <= keys and any(
-        ".rep_conv." in key or ".expand_conv." in key for key in keys
-    )
+    return CORE_KEYS <= keys and any(_block_forms(keys))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -223,15 +219,14 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         for key, value in _strip_prefix(state).items()
         if not key.startswith(UNUSED_PREFIXES)
     }
-    if "head.0.weight" not in state or "upsample.0.weight" not in state:
+    if not CORE_KEYS <= state.keys():
         sample = ", ".join(sorted(state)[:6]) or "none"
         raise CheckpointError(
             f"{path}: not an RT4KSR checkpoint: it lacks head.0.weight and/or upsample.0.weight "
             f"(its keys begin {sample}); expected the released rt4ksr_x2/x3 .pth, a state dict "
             "of it, or a .safetensors written by rt4ksr_nodes"
         )
-    has_fused = any(".rep_conv." in key for key in state)
-    has_train = any(".expand_conv." in key for key in state)
+    has_fused, has_train = _block_forms(state)
     if has_fused == has_train:
         raise CheckpointError(
             f"{path}: "
@@ -270,7 +265,6 @@ def load_model(path: str | os.PathLike, reparameterize: bool = True) -> RT4KSR:
     note = ""
     if reparameterize and not model.fused:
         model = fuse(model)
-        model.source_sha256 = checkpoint.source_sha256
         note = ", reparameterized on load"
     model.description = (
         f"RT4KSR x{model.scale}, {model.features} features, {model.blocks} blocks, "
@@ -289,7 +283,7 @@ def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = Fals
         "architecture": ARCHITECTURE,
         "form": model.form,
         "scale": str(model.scale),
-        "source_sha256": getattr(model, "source_sha256", ""),
+        "source_sha256": model.source_sha256,
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     try:

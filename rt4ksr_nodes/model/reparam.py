@@ -43,14 +43,14 @@ def reparameterize(model: RT4KSR) -> RT4KSR:
         scale=model.scale,
         fused=True,
     )
-    state = {}
+    state = dict(model.state_dict())
     for name, module in model.named_modules():
         if isinstance(module, ExpandedConv):
             kernel, bias = fuse_block(module)
             state[f"{name}.rep_conv.weight"] = kernel.float()
             state[f"{name}.rep_conv.bias"] = bias.float()
-    for name, tensor in model.state_dict().items():
-        if not any(part in name for part in ("expand_conv", "fea_conv", "reduce_conv")):
-            state[name] = tensor.detach().clone()
+    # The fused model's own keys pick what it takes; load_state_dict copies the values.
+    state = {key: state[key] for key in fused.state_dict()}
     fused.load_state_dict(state, strict=True)
+    fused.source_sha256 = model.source_sha256
     return fused.eval().requires_grad_(False)

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from .. import comfy_bridge as bridge
 from .. import weights
 from ..model import RT4KSR, load_model
+from ..fileio import signature
 from ..model.checkpoint import looks_like_rt4ksr
 
 UPSCALE_PREFIX = bridge.UPSCALE_FOLDER + "/"
@@ -35,17 +36,12 @@ def _files(folder: Path) -> list[str]:
     )
 
 
-def _signature(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path), stat.st_mtime_ns, stat.st_size)
-
-
 def _is_rt4ksr(path: Path) -> bool:
-    signature = _signature(path)
+    version = signature(path)
     with _lock:
         known = _detected.get(str(path))
-    if known is None or known[0] != signature:
-        known = (signature, looks_like_rt4ksr(path))
+    if known is None or known[0] != version:
+        known = (version, looks_like_rt4ksr(path))
         with _lock:
             _detected[str(path)] = known
     return known[1]
@@ -86,13 +82,13 @@ def change_signature(name: str) -> str:
         path = resolve(name, fetch=False)
     except (OSError, ValueError):
         return name
-    return name if path is None else repr(_signature(path))
+    return name if path is None else repr(signature(path))
 
 
 def load(name: str, reparameterize: bool) -> RT4KSR:
     """The model behind `name`, loaded once and reused until its file changes."""
     path = resolve(name)
-    key = (*_signature(path), reparameterize)
+    key = (*signature(path), reparameterize)
     with _lock:
         if key in _loaded:
             _loaded.move_to_end(key)

@@ -94,7 +94,6 @@ class RT4KSRReparameterize:
             fused = model
         else:
             fused = reparameterize(model)
-            fused.source_sha256 = getattr(model, "source_sha256", "")
             fused.description = model.description + ", reparameterized"
         if save_as.strip():
             path = save_model(fused, self.destination(save_as.strip()))
