@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import comfy_bridge as bridge
-from .bench_runner import folder_prompt, synthetic_frames
+from .bench_runner import folder_prompt, input_frames
 from .runner import registry
 from .runner.execute import Runner
 
@@ -69,11 +69,9 @@ def main(args: argparse.Namespace) -> None:
 
     require_ray()  # keeps Ray on the loopback address; says how to install it when missing
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="rt4ksr_bench_ray_") as temporary:
         root = Path(temporary)
-        (root / "input" / "frames").mkdir(parents=True)
-        synthetic_frames(root / "input" / "frames", args.images, width, height)
+        width, height = input_frames(root, args.images, args.size)
         saved = (bridge.headless.input_dir, bridge.headless.output_dir)
         bridge.headless.input_dir = root / "input"
         try:

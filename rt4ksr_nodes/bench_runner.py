@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder; default: a temporary one)")
 
 
+def input_frames(root: Path, count: int, size: str) -> tuple[int, int]:
+    """`count` synthetic frames of `size` ("WxH") in root/input/frames, where folder_prompt()
+    reads them; returns (width, height)."""
+    width, height = (int(v) for v in size.lower().split("x"))
+    (root / "input" / "frames").mkdir(parents=True)
+    synthetic_frames(root / "input" / "frames", count, width, height)
+    return width, height
+
+
 def synthetic_frames(folder: Path, count: int, width: int, height: int) -> None:
     """Smooth gradients with texture and mild noise: PNG costs like a photo, not like noise."""
     rng = np.random.default_rng(0)
@@ -129,10 +138,8 @@ def _workdir(folder: Path | None) -> Iterator[Path]:
 
 
 def main(args: argparse.Namespace) -> None:
-    width, height = (int(v) for v in args.size.lower().split("x"))
     with _workdir(args.workdir) as root:
-        (root / "input" / "frames").mkdir(parents=True)
-        synthetic_frames(root / "input" / "frames", args.images, width, height)
+        width, height = input_frames(root, args.images, args.size)
         wall, engine, done = run_runner(root, args.device)
         cli_wall, cli_done = run_cli_per_file(root, args.device)
     per_image = engine / done

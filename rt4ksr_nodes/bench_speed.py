@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .engine.accel import COMPILE_AFTER, GRAPH_AFTER, compile_policy
 from .engine import cpu
 from .engine.device import resolve_device, resolve_dtype
-from .engine.inference import make_tiler
+from .engine.inference import make_tiler, network_input
 from .engine.prepare import accelerated
 from .engine.stream import upscale_frames
 from .model import load_model
@@ -218,8 +218,8 @@ def _plain_e2e(net, frame: np.ndarray, device, dtype):
 def _engine_model(model, frame: np.ndarray, device, dtype):
     height, width = frame.shape[:2]
     tiler = make_tiler(model, (height, width), dtype, device)
-    x = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float().div(255)
-    x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = network_input(torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float().div(255),
+                      device, dtype)
 
     def run():
         return tiler.run(x)

@@ -41,15 +41,13 @@ def output_length(length: int, scale: float | Fraction) -> int:
     return math.ceil(length * _exact(scale))
 
 
-def weight_matrix(
-    in_length: int, scale: float | Fraction, out_length: int | None = None, antialias: bool = True
-) -> np.ndarray:
-    """(out_length, in_length) float64 matrix M with resized = M @ signal, mirroring folded in."""
+def weight_matrix(in_length: int, scale: float | Fraction) -> np.ndarray:
+    """(out_length, in_length) float64 matrix M with resized = M @ signal, mirroring folded in.
+    Shrinking stretches the kernel by 1 / scale (MATLAB's antialiasing)."""
     exact = _exact(scale)
-    if out_length is None:
-        out_length = output_length(in_length, exact)
+    out_length = output_length(in_length, exact)
     s = float(exact)
-    stretch = s < 1 and antialias
+    stretch = s < 1
     width = KERNEL_TAPS / s if stretch else KERNEL_TAPS
 
     centre = (np.arange(out_length, dtype=np.float64) + 0.5) / s - 0.5
@@ -67,24 +65,15 @@ def weight_matrix(
     return matrix
 
 
-def imresize(
-    image: np.ndarray,
-    scale: float | Fraction,
-    output_shape: tuple[int, int] | None = None,
-    antialias: bool = True,
-) -> np.ndarray:
-    """Resize an H x W or H x W x C image by `scale` (e.g. 1/3); float64 result, not rounded.
-
-    Values are used as given (uint8 images stay on the 0..255 scale).
-    `output_shape` overrides the ceil(scale * size) output size, with the mapping still `scale`.
-    """
+def imresize(image: np.ndarray, scale: float | Fraction) -> np.ndarray:
+    """Resize an H x W or H x W x C image by `scale` (e.g. 1/3) to ceil(scale * size); float64
+    result, not rounded. Values are used as given (uint8 images stay on the 0..255 scale)."""
     array = np.asarray(image, dtype=np.float64)
     if array.ndim not in (2, 3):
         raise ValueError(f"expected an H x W or H x W x C image, got shape {array.shape}")
     height, width = array.shape[:2]
-    out_h, out_w = output_shape or (None, None)
-    rows = weight_matrix(height, scale, out_h, antialias)
-    cols = weight_matrix(width, scale, out_w, antialias)
+    rows = weight_matrix(height, scale)
+    cols = weight_matrix(width, scale)
     # Separable: rows first, then columns (MATLAB's order for equal scale factors).
     resized = np.tensordot(rows, array, axes=(1, 0))
     resized = np.tensordot(cols, resized, axes=(1, 1))  # width axis now leads

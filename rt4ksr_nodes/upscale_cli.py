@@ -168,11 +168,8 @@ def _upscale_file(model, source: Path, destination: Path, args) -> None:
 
 
 def _run(model, pixels: np.ndarray, args, bar=None) -> np.ndarray:
-    """H x W x C in, sH x sW x C out. Gray+alpha runs as RGBA; its gray is the RGB mean."""
+    """H x W x C in (gray, gray + alpha, RGB, RGBA), sH x sW x C out."""
     image = torch.from_numpy(pixels).unsqueeze(0)
-    gray_alpha = image.shape[-1] == 2
-    if gray_alpha:
-        image = image[..., [0, 0, 0, 1]]
 
     def progress(done: int, total: int) -> None:
         bar.total = total
@@ -182,9 +179,6 @@ def _run(model, pixels: np.ndarray, args, bar=None) -> np.ndarray:
         model, image, tile_size=args.tile, precision=args.precision, device=args.device,
         alpha=args.alpha, progress=progress if bar is not None else None,
     )[0]
-    if gray_alpha:
-        gray = out[..., :3].mean(-1, keepdim=True)
-        out = torch.cat([gray, out[..., 3:]], -1) if out.shape[-1] == 4 else gray
     return out.numpy()
 
 

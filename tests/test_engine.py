@@ -154,6 +154,21 @@ def test_gray_runs_as_rgb_and_returns_the_mean(fused_models):
     assert (out - expected).abs().max().item() <= 1e-5
 
 
+def test_gray_with_alpha_is_gray_plus_the_alpha_plane(fused_models):
+    model = fused_models[3]
+    gray = crop("Set14", 1, 33, 40)[..., :1]
+    alpha = crop("Set5", 2, 33, 40)[..., 1:2]
+    image = torch.cat([gray, alpha], dim=-1)
+    out = upscale(model, image, tile_size=32, device="cpu")
+    assert out.shape == (1, 99, 120, 2)
+    expected = reference(model, gray.expand(-1, -1, -1, 3)).mean(-1)
+    assert (out[..., 0] - expected).abs().max().item() <= 1e-5
+    assert (out[..., 1] - reference_alpha(model, alpha)).abs().max().item() <= 1e-5
+    discarded = upscale(model, image, alpha="discard", device="cpu")
+    assert discarded.shape == (1, 99, 120, 1)
+    assert (discarded[..., 0] - expected).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -169,17 +184,20 @@ def test_bad_arguments(fused_models, kwargs, message):
 
 def test_bad_images(fused_models):
     with pytest.raises(ValueError, match="channels"):
-        upscale(fused_models[2], torch.rand(1, 8, 8, 2), device="cpu")
+        upscale(fused_models[2], torch.rand(1, 8, 8, 5), device="cpu")
     with pytest.raises(ValueError, match="B x H x W x C"):
         upscale(fused_models[2], torch.rand(8, 8, 3), device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_fp16_auto_matches_fp32_and_returns_on_cpu(fused_models):
-    model = fused_models[2]
-    image = crop("Set5", 0, 256, 256)
-    out = upscale(model, image, device="cuda", tile_size=96)
-    assert out.device.type == "cpu" and out.dtype == torch.float32
-    assert psnr(out, reference(model, image)) >= 50
+@pytest.mark.parametrize("scale", [2, 3])
+def test_cuda_fp16_auto_matches_fp32_and_returns_on_cpu(fused_models, scale):
+    """auto on CUDA: fp16 channels_last, whole frame and tiled, the result on the CPU."""
+    model = fused_models[scale]
+    image = crop("Set14", 2, 256, 320)
+    for tile_size in (0, 96):
+        out = upscale(model, image, device="cuda", tile_size=tile_size)
+        assert out.device.type == "cpu" and out.dtype == torch.float32
+        assert psnr(out, reference(model, image)) >= 50
     on_device = upscale(model, image, device="cuda", output_device="cuda")
     assert on_device.device.type == "cuda"

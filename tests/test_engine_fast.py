@@ -273,15 +273,6 @@ def test_frame_stream_checks_its_input(fused_models):
 
 
 @needs_cuda
-@pytest.mark.parametrize("scale", [2, 3])
-def test_cuda_fp16_default_is_close_to_fp32(fused_models, scale):
-    model = fused_models[scale]
-    image = crop("Set14", 2, 256, 320)
-    out = upscale(model, image, device="cuda")  # auto: fp16, channels_last
-    assert psnr(out, reference(model, image)) >= 50
-
-
-@needs_cuda
 def test_cuda_canvas_kept_on_the_host_when_the_device_is_short(fused_models, monkeypatch):
     """Little free GPU memory: small tiles, and the canvas (fp16, not the direct path) on the
     host, so every tile is written from the GPU into host memory."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -122,10 +123,18 @@ def test_agrees_with_pillow_float_bicubic_away_from_edges(factor):
     np.testing.assert_allclose(ours[3:-3, 3:-3], np.asarray(pil)[3:-3, 3:-3], atol=1e-3)
 
 
-def test_uint8_rounds_once_at_the_end():
+def test_uint8_rounds_once_at_the_end_half_away_from_zero():
+    """MATLAB's uint8 conversion: round half away from zero (k + 0.5 -> k + 1, where numpy's
+    round would go to even), applied once to the exact result (the direct 2-D resize here)."""
+    for k in range(255):
+        pair = np.array([[k, k + 1], [k, k + 1]], dtype=np.uint8)  # halves to exactly k + 0.5
+        assert imresize_uint8(pair, Fraction(1, 2)).item() == k + 1
     rng = np.random.default_rng(11)
     image = rng.integers(0, 256, size=(24, 30, 3)).astype(np.uint8)
-    exact = imresize(image, Fraction(1, 3))
+    exact = direct_resize(image.astype(np.float64), Fraction(1, 3))
     out = imresize_uint8(image, Fraction(1, 3))
     assert out.dtype == np.uint8 and out.shape == (8, 10, 3)
-    np.testing.assert_array_equal(out, np.clip(np.floor(exact + 0.5), 0, 255))
+    half_up = np.vectorize(lambda v: min(255, max(0, int(Decimal(v).quantize(0, ROUND_HALF_UP)))))
+    expected = half_up(exact)
+    clear = np.abs(exact - np.floor(exact) - 0.5) > 1e-6  # at a tie the two computations may split
+    np.testing.assert_array_equal(out[clear], expected[clear])

@@ -7,17 +7,9 @@ import warnings
 
 import torch
 
-PRECISIONS = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-# The names offered to users (CLI choices, node widget); the aliases above are for callers.
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The names offered to users (CLI choices, node widget, upscale()'s precision).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

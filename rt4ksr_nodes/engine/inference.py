@@ -40,8 +40,8 @@ def upscale(
     network.py), not the model's forward.
 
     Returns B x sH x sW x C' float32 in [0, 1] on `output_device` (default the CPU). Any H and W
-    work, 1 x 1 included. C = 3 (RGB), 4 (RGBA) or 1 (gray: run as RGB with the value in all
-    three channels; the result is the mean of the three outputs, C' = 1).
+    work, 1 x 1 included. C = 3 (RGB), 4 (RGBA), 1 (gray: run as RGB with the value in all
+    three channels; the result is the mean of the three outputs) or 2 (gray + alpha).
 
     tile_size: side of a tile's core in input pixels (context comes on top); 0 = automatic: the
         whole frame when it fits the device's free memory, else the largest tile that does. Odd
@@ -49,9 +49,9 @@ def upscale(
         identical either way: tiles carry enough real context that no seams exist.
     precision: "auto" (fp16 on CUDA, else fp32), "fp32", "fp16" or "bf16" (warned: ~18 dB worse).
     device: "auto" (CUDA, then MPS, then CPU), a device string or a torch.device.
-    alpha: RGBA only. "model": the alpha plane is upscaled by the network too (as gray), keeping
-        the exact value wherever the source alpha is locally constant (opaque stays opaque);
-        "bicubic": bicubic interpolation, clamped; "discard": C' = 3.
+    alpha: RGBA and gray + alpha only. "model": the alpha plane is upscaled by the network too
+        (as gray), keeping the exact value wherever the source alpha is locally constant (opaque
+        stays opaque); "bicubic": bicubic interpolation, clamped; "discard": no alpha in C'.
     progress: called as progress(done, total) after every tile; total counts every tile of the
         batch (alpha passes included) and grows only if running out of memory forces smaller
         tiles.
@@ -65,9 +65,10 @@ def upscale(
     dtype = resolve_dtype(precision, device)
     output_device = torch.device("cpu" if output_device is None else output_device)
     scale = model.scale
-    keep_alpha = channels == 4 and alpha != "discard"
-    out_channels = 3 if channels == 4 and not keep_alpha else channels
-    passes = 2 if channels == 4 and alpha == "model" else 1
+    colours, has_alpha = (1, channels == 2) if channels <= 2 else (3, channels == 4)
+    keep_alpha = has_alpha and alpha != "discard"
+    out_channels = colours + keep_alpha
+    passes = 2 if has_alpha and alpha == "model" else 1
 
     output_bytes = batch * scale * scale * height * width * out_channels * 4
     tiler = make_tiler(
@@ -86,25 +87,25 @@ def upscale(
         batch, scale * height, scale * width, out_channels, device=output_device
     )
     # Tiles land straight in the result when it is in the compute dtype on the compute device.
-    direct = dtype == torch.float32 and output_device == device and channels != 1
+    direct = dtype == torch.float32 and output_device == device and colours == 3
     with torch.inference_mode():
         for index in range(batch):
             pixels = image[index].permute(2, 0, 1).unsqueeze(0)
-            colour = pixels.expand(-1, 3, -1, -1) if channels == 1 else pixels[:, :3]
+            colour = pixels[:, :1].expand(-1, 3, -1, -1) if colours == 1 else pixels[:, :3]
             if direct:
-                tiler.run(_network_input(colour, device, dtype), target=output[index, ..., :3])
+                tiler.run(network_input(colour, device, dtype), target=output[index, ..., :3])
             else:
-                rgb = tiler.run(_network_input(colour, device, dtype))
+                rgb = tiler.run(network_input(colour, device, dtype))
                 rgb = rgb[: scale * height, : scale * width]
-                if channels == 1:
-                    output[index].copy_(rgb.float().mean(-1, keepdim=True))
+                if colours == 1:
+                    output[index, ..., :1].copy_(rgb.float().mean(-1, keepdim=True))
                 else:
                     output[index, ..., :3].copy_(rgb)
             if not keep_alpha:
                 continue
-            plane = pixels[:, 3:]
+            plane = pixels[:, colours:]
             if alpha == "model":
-                upscaled = tiler.run(_network_input(plane.expand(-1, 3, -1, -1), device, dtype))
+                upscaled = tiler.run(network_input(plane.expand(-1, 3, -1, -1), device, dtype))
                 upscaled = upscaled[: scale * height, : scale * width].float().mean(-1)
                 upscaled = _keep_constant_alpha(plane.to(device, torch.float32), upscaled, scale)
             else:
@@ -114,7 +115,7 @@ def upscale(
                     mode="bicubic",
                     align_corners=False,
                 )[0, 0].clamp_(0, 1)
-            output[index, ..., 3].copy_(upscaled)
+            output[index, ..., colours].copy_(upscaled)
     return output
 
 
@@ -133,8 +134,8 @@ def _keep_constant_alpha(plane: torch.Tensor, upscaled: torch.Tensor, scale: int
 def _check(model, image: torch.Tensor, tile_size: int, alpha: str) -> tuple[int, int, int, int]:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or not image.is_floating_point():
         raise ValueError("image must be a B x H x W x C float tensor (a ComfyUI IMAGE)")
-    if image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image must have 1, 3 or 4 channels, got {image.shape[-1]}")
+    if image.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"image must have 1 to 4 channels (gray, gray + alpha, RGB, RGBA), got {image.shape[-1]}")
     if model.in_channels != 3:
         raise ValueError(f"only RGB models are supported, this one takes {model.in_channels}")
     if tile_size != 0 and tile_size < MIN_TILE:
@@ -144,7 +145,7 @@ def _check(model, image: torch.Tensor, tile_size: int, alpha: str) -> tuple[int,
     return tuple(image.shape)
 
 
-def _network_input(pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def network_input(pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """1 x 3 x H x W on the device, in the compute dtype, channels_last, padded to even.
 
     Only the missing row/column is added, at the bottom/right, so the result is exactly the

@@ -14,10 +14,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .device import resolve_device, resolve_dtype
-from .inference import Tiler, make_tiler
+from .inference import Tiler, make_tiler, network_input
 
 
 def upscale_frames(
@@ -105,13 +104,9 @@ def _pinned_copy(host: torch.Tensor) -> torch.Tensor:
 
 
 def _to_network(staged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """H x W x 3 uint8 on the device -> 1 x 3 x H' x W' in `dtype`, channels_last, padded to
-    even by edge replication like upscale()."""
-    pixels = staged.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255).to(dtype)
-    height, width = pixels.shape[-2:]
-    if height % 2 or width % 2:
-        pixels = F.pad(pixels, (0, width % 2, 0, height % 2), mode="replicate")
-    return pixels.contiguous(memory_format=torch.channels_last)
+    """H x W x 3 uint8 on the device -> the network's input, exactly as upscale() makes it."""
+    pixels = staged.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255)
+    return network_input(pixels, staged.device, dtype)
 
 
 def _quantise(canvas: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
