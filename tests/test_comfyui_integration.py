@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,16 @@ def http(url: str, body: dict | None = None):
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def run_prompt(url: str, base: Path, prompt: dict) -> tuple[dict, str]:
+    """POST `prompt` to the server, wait (up to 5 minutes) for its history entry."""
+    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
+    deadline = time.time() + 300
+    while not (history := http(f"{url}/history/{prompt_id}")):
+        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
+        time.sleep(1)
+    return history, prompt_id
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +118,7 @@ def test_object_info_lists_the_nodes(server):
 def test_x2_example_matches_the_engine(server):
     url, base = server
     prompt = json.loads(WORKFLOW.read_text())
-    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
-    deadline = time.time() + 300
-    while not (history := http(f"{url}/history/{prompt_id}")):
-        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
-        time.sleep(1)
+    history, prompt_id = run_prompt(url, base, prompt)
     entry = history[prompt_id]
     assert entry["status"]["status_str"] == "success", entry["status"]
     saved = entry["outputs"]["4"]["images"][0]
@@ -136,11 +143,7 @@ def test_headless_runner_saves_the_servers_pixels(server, folders, monkeypatch, 
     pixels (measured identical with ComfyUI 0.3.64 on torch 2.14.1 against torch 2.13)."""
     url, base = server
     prompt = json.loads((ROOT / "workflows" / f"{name}.api.json").read_text())
-    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
-    deadline = time.time() + 300
-    while not (history := http(f"{url}/history/{prompt_id}")):
-        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
-        time.sleep(1)
+    history, prompt_id = run_prompt(url, base, prompt)
     (saved,) = [o["images"][0] for o in history[prompt_id]["outputs"].values()]
     served = np.asarray(Image.open(base / "output" / saved["subfolder"] / saved["filename"])).astype(np.int16)
 
@@ -164,11 +167,7 @@ def test_folder_batch_runs_in_the_server_as_headless(server, folders, monkeypatc
     Image Batch writes the same files, with the same pixels, as the headless runner."""
     url, base = server
     prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_folder_batch.api.json").read_text())
-    prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
-    deadline = time.time() + 300
-    while not (history := http(f"{url}/history/{prompt_id}")):
-        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
-        time.sleep(1)
+    history, prompt_id = run_prompt(url, base, prompt)
     assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
     served = sorted((base / "output" / "batch_x2").glob("*.png"))
     assert [p.name for p in served] == [

@@ -14,6 +14,7 @@ from ground_truth import checkpoint_path, image_paths, load_rgb
 from engine_helpers import reference, reference_alpha
 from rt4ksr_nodes import comfy_bridge, save_model
 from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+import rt4ksr_nodes.nodes.upscale as upscale_module
 from rt4ksr_nodes.nodes.upscale import plan
 
 SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL", "STRING"}  # STRING: a forceInput socket
@@ -108,11 +109,18 @@ def test_upscale_node_mask_goes_through_the_model_as_alpha(fused_models):
     assert out_mask[0, 30:50, 20:40].min() > 0.95 and out_mask[0, :10, :].max() < 0.05
 
 
-def test_upscale_node_mask_placeholder_and_mismatch(fused_models):
+def test_upscale_node_mask_placeholder_and_mismatch(fused_models, monkeypatch):
     node = NODE_CLASS_MAPPINGS["RT4KSRUpscale"]()
     image = image_of(crop=32)
     result, mask = node.upscale(fused_models[3], image, 0, "fp32", torch.zeros(1, 64, 64))
     assert mask.shape == (1, 96, 96) and not mask.any()
+    # An all-zero mask of the image's size (an opaque RGBA image) is opaque too: no alpha pass.
+    calls = []
+    monkeypatch.setattr(upscale_module, "upscale", lambda *a, **k: calls.append(a[1].shape[-1]) or
+                        torch.zeros(1, 96, 96, a[1].shape[-1]))
+    node.upscale(fused_models[3], image, 0, "fp32", torch.zeros(1, 32, 32))
+    assert calls == [3]
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="mask is 64x64 but image is 32x32"):
         node.upscale(fused_models[3], image, 0, "fp32", torch.ones(1, 64, 64))
 

@@ -21,7 +21,7 @@ from rt4ksr_nodes.runner import cli
 @pytest.fixture(autouse=True)
 def restore_globals(monkeypatch):
     monkeypatch.setattr(bridge.headless, "metadata", bridge.headless.metadata)
-    monkeypatch.setattr(bridge, "torch_device", bridge.torch_device)
+    monkeypatch.setattr(bridge.headless, "device", bridge.headless.device)  # --device sets it
 
 
 def main(folders, *args):

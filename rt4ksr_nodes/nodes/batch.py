@@ -234,7 +234,7 @@ class RT4KSRSaveImageBatch:
              extra_pnginfo=None):
         height, width = images.shape[1:3]
         targets = self.targets(path, name_template, subfolder, format, len(images), width, height)
-        text = _png_text(prompt, extra_pnginfo) if format == "png" else None
+        text = png_text(prompt, extra_pnginfo) if format == "png" else None
         results = []
         written = self._written_in(prompt)
         for index, (image, target) in enumerate(zip(images, targets)):
@@ -291,7 +291,7 @@ def _alpha(mask, index: int, size, path) -> np.ndarray | None:
     return 1.0 - one.float().cpu().numpy()
 
 
-def _png_text(prompt, extra_pnginfo) -> dict[str, str] | None:
+def png_text(prompt, extra_pnginfo) -> dict[str, str] | None:
     """SaveImage's metadata: the prompt and each extra_pnginfo entry (the editor's workflow) as
     JSON text chunks, so the PNG drags back into ComfyUI."""
     if not bridge.save_metadata():
@@ -306,8 +306,7 @@ def _job(target: Path, picture: Picture, format: str, quality: int, text: dict[s
         picture = Picture(picture.pixels[..., :3], picture.bits)  # JPEG has no alpha channel
 
     def write():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_image(target, picture, quality, text)
+        write_image(target, picture, quality, text)  # creates the folder
     return write
 
 

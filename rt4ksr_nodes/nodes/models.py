@@ -6,6 +6,7 @@ import logging
 from pathlib import Path, PurePath
 
 from .. import comfy_bridge as bridge
+from ..fileio import inside
 from ..model import reparameterize, save_model
 from . import catalogue
 from .common import CATEGORY, MODEL_TYPE, model_input
@@ -102,15 +103,11 @@ class RT4KSRReparameterize:
 
     @staticmethod
     def destination(name: str) -> Path:
-        relative = PurePath(name)
-        if relative.is_absolute() or ".." in relative.parts or not relative.name:
+        if not PurePath(name).name:
             raise ValueError(f"save_as {name!r} must be a file name inside models/rt4ksr/")
-        if relative.suffix.lower() != ".safetensors":
-            relative = relative.with_name(relative.name + ".safetensors")
-        folder = bridge.model_folders(bridge.MODEL_FOLDER)[0].resolve()
-        path = (folder / relative).resolve()
-        if folder not in path.parents:
-            raise ValueError(f"save_as {name!r} would leave {folder}")
+        if PurePath(name).suffix.lower() != ".safetensors":
+            name += ".safetensors"
+        path = inside(bridge.model_folders(bridge.MODEL_FOLDER)[0], name)  # refuses ../, /abs
         if path.exists():
             raise FileExistsError(f"{path} already exists; choose another save_as name")
         return path

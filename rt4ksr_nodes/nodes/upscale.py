@@ -45,11 +45,11 @@ def run_engine(model, image: torch.Tensor, tile_size: int, precision: str, *, la
 
 def _mask_as_alpha(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor | None:
     """ComfyUI's MASK (1 - alpha, B x H x W) as an alpha channel matching `image`, or None for
-    an all-zero mask of another size (LoadImage's 64 x 64 placeholder for opaque images)."""
+    an all-zero mask (opaque; also LoadImage's 64 x 64 placeholder), which needs no alpha pass."""
     mask = mask.reshape(-1, *mask.shape[-2:]).to(image.device, torch.float32)
+    if not mask.any():
+        return None
     if tuple(mask.shape[-2:]) != tuple(image.shape[1:3]):
-        if not mask.any():
-            return None
         raise ValueError(
             f"mask is {mask.shape[-1]}x{mask.shape[-2]} but image is "
             f"{image.shape[2]}x{image.shape[1]}; they must match"

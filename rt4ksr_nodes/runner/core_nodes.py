@@ -8,7 +8,6 @@ output (or preview) folder, symlinks resolved.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import random
@@ -23,6 +22,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from .. import comfy_bridge as bridge
 from ..fileio import UnsafePathError, atomic_write, inside
+from ..nodes.batch import png_text
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -161,13 +161,13 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def png_metadata(prompt, extra_pnginfo) -> PngInfo | None:
-    if not bridge.save_metadata():
+    """batch.png_text as Pillow's PngInfo, for Image.save."""
+    text = png_text(prompt, extra_pnginfo)
+    if text is None:
         return None
     info = PngInfo()
-    if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
-    for key, value in (extra_pnginfo or {}).items():
-        info.add_text(key, json.dumps(value))
+    for key, value in text.items():
+        info.add_text(key, value)
     return info
 
 
@@ -216,12 +216,11 @@ class SaveImage:
         folder, filename, counter, subfolder, _ = save_image_path(
             filename_prefix, self.folder(), images[0].shape[1], images[0].shape[0]
         )
-        results = []
+        results, metadata = [], png_metadata(prompt, extra_pnginfo)
         for batch_number, image in enumerate(images):
             name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
             img = Image.fromarray(to_uint8(image))
-            save_atomic(img, folder / name, pnginfo=png_metadata(prompt, extra_pnginfo),
-                        compress_level=self.compress_level)
+            save_atomic(img, folder / name, pnginfo=metadata, compress_level=self.compress_level)
             results.append({"filename": name, "subfolder": subfolder, "type": self.kind})
             counter += 1
         return {"ui": {"images": results}}
@@ -246,7 +245,7 @@ def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """comfy.utils.lanczos: through 8-bit PIL images (truncating quantisation)."""
     out = []
     for sample in samples:
-        img = Image.fromarray(np.clip(255.0 * sample.movedim(0, -1).cpu().numpy(), 0, 255).astype(np.uint8))
+        img = Image.fromarray(to_uint8(sample.movedim(0, -1)))
         img = img.resize((width, height), resample=Image.Resampling.LANCZOS)
         out.append(torch.from_numpy(np.array(img).astype(np.float32) / 255.0).movedim(-1, 0))
     return torch.stack(out).to(samples.device, samples.dtype)
