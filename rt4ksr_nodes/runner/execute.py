@@ -78,6 +78,12 @@ def topological(prompt: dict, node_ids: set[str]) -> list[str]:
     return order
 
 
+def write_error(item: str, futures) -> str | None:
+    """The first failed write of `item`'s outputs (waits for them), or None."""
+    errors = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]
+    return errors[0] if errors else None
+
+
 class Runner:
     def __init__(self, prompt: dict, classes: dict, *, outputs: list[str] | None = None,
                  extra_pnginfo: dict | None = None, resume: bool = False,
@@ -214,23 +220,37 @@ class Runner:
             batch.SKIPPED.reset(token)
         self._finish(summary, "workflow", None, _files(ui))
 
-    def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
+    def _sinks(self, after: set[str]) -> list[str]:
+        """The output nodes that run once per item."""
+        return [n for n in self.order if n in after and getattr(self._class(n), "OUTPUT_NODE", False)]
+
+    def _open_stream(self, source: str, run_once: list[str], summary: Summary):
+        """Run the `run_once` nodes and list the source's items; report the start. Returns
+        (their outputs, the source's arguments, the items), or None after a reported failure."""
         static, ui = {}, []
-        cls = self._class(source)
         try:
-            for node_id in self.order:
-                if node_id != source and node_id not in after:
-                    self._run_node(node_id, static, ui)
+            for node_id in run_once:
+                self._run_node(node_id, static, ui)
             arguments = {k: v[0] for k, v in self._input_data(source, static).items()}
-            items = cls.stream_items(**arguments)
+            items = self._class(source).stream_items(**arguments)
         except (NodeError, OSError, ValueError) as error:
             summary.total = 1
             self._finish(summary, "workflow", str(error), [])
-            return
-        self.sinks = [n for n in self.order if n in after and getattr(self._class(n), "OUTPUT_NODE", False)]
+            return None
         summary.total = len(items)
         summary.outputs.extend(_files(ui))  # outputs of the nodes that run once, before the items
         self.emit({"event": "start", "total": len(items), "outputs": _files(ui)})
+        return static, arguments, items
+
+    def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
+        self.sinks = self._sinks(after)
+        opened = self._open_stream(
+            source, [n for n in self.order if n != source and n not in after], summary
+        )
+        if opened is None:
+            return
+        static, arguments, items = opened
+        cls = self._class(source)
         downstream = [n for n in self.order if n in after]
         decoded: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -318,8 +338,7 @@ class Runner:
         """Report items, in order, whose writes have finished."""
         while pending and (block or all(f.done() for f in pending[0][3])):
             item, error, files, futures, skipped = pending.popleft()
-            errors = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]
-            self._finish(summary, item, error or (errors[0] if errors else None), files, skipped)
+            self._finish(summary, item, error or write_error(item, futures), files, skipped)
 
     def _finish(self, summary: Summary, item: str, error: str | None, files: list[str], skipped=False,
                 **details) -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .. import comfy_bridge as bridge
-from .execute import Interrupted, NodeError, Runner, Summary, _check_interrupt, _files, _Writers
+from .execute import Interrupted, Runner, Summary, _check_interrupt, _Writers, write_error
 from .validate import is_link, needed_nodes
 
 INSTALL_HINT = ("--backend ray needs Ray: pip install 'rt4ksr-nodes[ray]' "
@@ -65,20 +65,11 @@ class RayRunner(Runner):
     def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
         ray = require_ray(self.address)
         static_nodes = [n for n in self.order if n != source and n not in after]
-        self.sinks = [n for n in self.order if n in after and getattr(self._class(n), "OUTPUT_NODE", False)]
-        static, ui = {}, []
-        try:
-            for node_id in self._driver_nodes(source, static_nodes):
-                self._run_node(node_id, static, ui)
-            arguments = {k: v[0] for k, v in self._input_data(source, static).items()}
-            items = self._class(source).stream_items(**arguments)
-        except (NodeError, OSError, ValueError) as error:
-            summary.total = 1
-            self._finish(summary, "workflow", str(error), [])
+        self.sinks = self._sinks(after)
+        opened = self._open_stream(source, self._driver_nodes(source, static_nodes), summary)
+        if opened is None:
             return
-        summary.total = len(items)
-        summary.outputs.extend(_files(ui))
-        self.emit({"event": "start", "total": len(items), "outputs": _files(ui)})
+        static, arguments, items = opened
         rows = []
         for item in items:
             complete = self._complete(item, source, static)
@@ -220,8 +211,7 @@ class _Worker:
             return f"{item}: {failure}", []
         error, files, futures = self.runner._run_item(self.source, outputs, self.static, self.downstream,
                                                       self.writers)
-        failed = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]  # waits for the writes
-        return (f"{item}: {error}" if error else failed[0] if failed else None), files
+        return (f"{item}: {error}" if error else write_error(item, futures)), files
 
     def _maybe_die(self) -> None:
         self.count += 1
