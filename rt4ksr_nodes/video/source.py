@@ -1,0 +1,113 @@
+"""The source: a video file, recognised by content, described from its headers and first frame
+without decoding the rest."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from .errors import VideoError
+from .pixels import Colour, Layout
+
+# Extensions a folder listing takes as videos (a file named directly is recognised by content).
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mxf", ".ts", ".mts", ".m2ts", ".flv",
+    ".wmv", ".mpg", ".mpeg", ".ogv", ".3gp",
+)
+# Stream types copied packet for packet.
+COPIED_TYPES = ("audio", "subtitle", "data", "attachment")
+
+
+def _image_demuxer(name: str) -> bool:
+    """FFmpeg's demuxers for still images (png_pipe, jpeg_pipe, image2, ...): not videos."""
+    return name == "image2" or name.endswith("_pipe")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """True when FFmpeg opens the file as a container with a video stream that is not a still
+    image (stills go to the image path)."""
+    try:
+        with av.open(os.fspath(path)) as container:
+            return bool(container.streams.video) and not _image_demuxer(container.format.name)
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return False
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A video file's first video stream, as the pipeline needs it before any work starts."""
+
+    path: Path
+    width: int
+    height: int
+    pix_fmt: str
+    layout: Layout
+    colour: Colour
+    time_base: Fraction
+    rate: Fraction | None  # the average frame rate, when known
+    frames: int | None  # the frame count from the headers, or an estimate, when known
+    duration: float | None  # seconds
+    display_matrix: tuple[int, ...] | None  # FFmpeg's 3 x 3 display matrix (rotation, flips)
+    container_format: str
+
+
+def open_video(path: str | os.PathLike) -> av.container.InputContainer:
+    """The file opened by FFmpeg, or a VideoError naming it."""
+    try:
+        container = av.open(os.fspath(path))
+    except (av.FFmpegError, OSError) as error:
+        raise VideoError(f"{path}: not a video FFmpeg can open ({error})") from error
+    if not container.streams.video or _image_demuxer(container.format.name):
+        container.close()
+        raise VideoError(f"{path}: has no video stream (FFmpeg reads it as {container.format.name})")
+    return container
+
+
+def probe(path: str | os.PathLike) -> VideoSource:
+    """Describe the file's first video stream; decodes only its first frame (the pixel format,
+    colour tags and display matrix as the decoder reports them)."""
+    path = Path(path)
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        first = _first_frame(container, stream, path)
+        layout = Layout.of(first.format.name)
+        rate = stream.average_rate or stream.guessed_rate
+        duration = _duration(container, stream)
+        frames = stream.frames or (round(duration * rate) if duration and rate else None)
+        matrix = first.side_data.get("DISPLAYMATRIX")
+        return VideoSource(
+            path=path,
+            width=first.width,
+            height=first.height,
+            pix_fmt=first.format.name,
+            layout=layout,
+            colour=Colour.of(first, layout),
+            time_base=stream.time_base,
+            rate=Fraction(rate) if rate else None,
+            frames=frames or None,
+            duration=duration,
+            display_matrix=struct.unpack("<9i", bytes(matrix)) if matrix is not None else None,
+            container_format=container.format.name,
+        )
+
+
+def _first_frame(container, stream, path: Path) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.FFmpegError as error:
+        raise VideoError(f"{path}: cannot decode its video stream ({error})") from error
+    raise VideoError(f"{path}: its video stream has no frames")
+
+
+def _duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
