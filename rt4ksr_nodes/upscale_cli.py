@@ -30,6 +30,7 @@ from .imageio import (
 )
 from . import weights
 from .model import CheckpointError, load_model
+from .video import cli as video
 
 # How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
 OUTPUT_NAME = re.compile(r"--\d+x$")
@@ -42,11 +43,11 @@ def default_checkpoint(scale: int) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rt4ksr_nodes.upscale", description="Upscale images with RT4KSR."
+        prog="python -m rt4ksr_nodes.upscale", description="Upscale images and videos with RT4KSR."
     )
     parser.add_argument(
         "--input", "-i", action="append", required=True, type=Path,
-        help="an image file or a folder of images (not recursive); repeatable",
+        help="an image or video file, or a folder of them (not recursive); repeatable",
     )
     parser.add_argument(
         "--output", "-o",
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time N runs per image after a warm-up instead of writing outputs",
     )
     parser.add_argument("--progress", action="store_true", help="progress bar even without a TTY")
+    video.add_arguments(parser)
     return parser
 
 
@@ -93,13 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {checkpoint} is a x{model.scale} model, not x{args.scale}", file=sys.stderr)
         return 2
 
-    jobs, failures = _jobs(args.input, args.output, model.scale)
+    jobs, failures = _jobs(args.input, args.output, model.scale, args)
     for source, destination in jobs:
         try:
-            if args.benchmark:
+            if video.is_input(source):
+                video.upscale_file(model, source, destination, args)
+            elif args.benchmark:
                 _benchmark(model, source, args)
             else:
                 _upscale_file(model, source, destination, args)
+        except KeyboardInterrupt:
+            print(f"interrupted: {source} was not written", file=sys.stderr)
+            return 130
         except (ImageReadError, UpscaleError, OSError, ValueError) as error:
             named = str(source) in str(error)
             print(f"error: {error}" if named else f"error: {source}: {error}", file=sys.stderr)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _jobs(
-    inputs: list[Path], output: str | None, scale: int
+    inputs: list[Path], output: str | None, scale: int, args: argparse.Namespace
 ) -> tuple[list[tuple[Path, Path]], int]:
     """(source, destination) pairs, and how many inputs were unusable (reported on stderr).
     `output` as typed: a trailing separator makes it a folder even before it exists."""
@@ -121,7 +128,7 @@ def _jobs(
                 p
                 for p in item.iterdir()
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.suffix.lower() in IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
                 and not OUTPUT_NAME.search(p.stem)  # earlier results, not inputs
             )
         elif item.is_file():
@@ -132,7 +139,10 @@ def _jobs(
     single_file = len(inputs) == 1 and len(sources) == 1 and not inputs[0].is_dir()
     jobs, claimed = [], {}
     for source in sources:
-        name = f"{source.stem}--{scale}x.png"
+        if video.is_input(source):
+            name = video.output_name(source, scale, args)
+        else:
+            name = f"{source.stem}--{scale}x.png"
         if output is None:
             destination = source.with_name(name)
         elif single_file and not folder and not output.is_dir():

@@ -1,22 +1,28 @@
 """Video: a streaming decode -> upscale -> encode pipeline over the engine, on PyAV (FFmpeg's
-libraries; the optional `video` extra). Importing this package needs PyAV; `available()` and
-`is_video()` in .detect do not."""
+libraries; the optional `video` extra). Only what needs PyAV imports it, on first use, so that
+detection and the CLI's arguments work without it."""
 
-from .codecs import CODECS, CONTAINERS, EncodeOptions
-from .errors import VideoError, VideoWarning
-from .pipeline import VideoResult, upscale_video
-from .source import VIDEO_EXTENSIONS, VideoSource, is_video, probe
+from importlib import import_module
 
-__all__ = [
-    "CODECS",
-    "CONTAINERS",
-    "EncodeOptions",
-    "VIDEO_EXTENSIONS",
-    "VideoError",
-    "VideoResult",
-    "VideoSource",
-    "VideoWarning",
-    "is_video",
-    "probe",
-    "upscale_video",
-]
+from .detect import VIDEO_EXTENSIONS, available, is_video
+
+_LAZY = {
+    "CODECS": ".codecs",
+    "CONTAINERS": ".codecs",
+    "EncodeOptions": ".codecs",
+    "VideoError": ".errors",
+    "VideoWarning": ".errors",
+    "VideoResult": ".pipeline",
+    "upscale_video": ".pipeline",
+    "VideoSource": ".source",
+    "probe": ".source",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["VIDEO_EXTENSIONS", "available", "is_video", *_LAZY]

@@ -11,6 +11,7 @@ copied packets beside the new video. Each frame keeps its own timestamp and dura
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -22,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 import torch
 
@@ -37,6 +39,7 @@ Cancel = Callable[[], bool]
 Warn = Callable[[str], None]
 
 QUEUE_FRAMES = 4  # frames waiting between two stages (packets of other streams count too)
+MAX_CORRUPTION_WARNINGS = 20
 # Container tags the muxer writes itself; copying the source's would leave them stale.
 MUXER_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder")
 # Stream tags describing the old encoding (Matroska statistics, the old encoder).
@@ -134,6 +137,7 @@ class _Job:
         self.rgb_format = (
             ("rgba64le" if wide else "rgba") if encoder_plan.layout.alpha else ("rgb48le" if wide else "rgb24")
         )
+        self.corruptions = 0
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.decoded: queue.Queue = queue.Queue(QUEUE_FRAMES)
@@ -246,37 +250,49 @@ class _Job:
         time_base = video.time_base
         last = None  # (pts, duration) of the previous frame
         streams = [video] + [source.streams[index] for index in copied]
-        for packet in source.demux(streams):
-            if packet.stream.index != video.index:
-                if packet.size:  # not the demuxer's end-of-stream marker
-                    self._put(self.decoded, packet)
-                continue
-            try:
-                frames = video.decode(packet)
-            except av.FFmpegError as error:
-                self.note(f"{self.source.path}: corrupt video data at {_clock(packet.pts, time_base)} "
-                          f"({error}); the decoder conceals it and goes on")
-                continue
-            for frame in frames:
-                if (frame.width, frame.height) != (self.source.width, self.source.height):
-                    raise VideoError(
-                        f"{self.source.path}: the picture changes size at {_clock(frame.pts, time_base)} "
-                        f"({self.source.width}x{self.source.height} -> {frame.width}x{frame.height}); "
-                        "this is not supported"
-                    )
-                if frame.is_corrupt:
-                    self.note(f"{self.source.path}: corrupt frame at {_clock(frame.pts, time_base)}; "
-                              "kept as the decoder concealed it")
-                pts = frame.pts
-                if last is not None and (pts is None or pts <= last[0]):
-                    pts = last[0] + max(last[1], 1)  # missing or repeated timestamp: the next tick
-                elif pts is None:
-                    pts = 0
-                duration = frame.duration or 0
-                pixels = to_rgb(frame, self.source.colour, self.rgb_format)
-                self._put(self.decoded, _Frame(pixels, pts, duration))
-                last = (pts, duration)
+        with _libav_errors() as errors:
+            for packet in source.demux(streams):
+                if packet.stream.index != video.index:
+                    if packet.size:  # not the demuxer's end-of-stream marker
+                        self._put(self.decoded, packet)
+                    continue
+                try:
+                    frames = video.decode(packet)
+                except av.FFmpegError as error:
+                    errors.append((av.logging.ERROR, video.codec_context.name, str(error)))
+                    frames = []
+                if errors:  # FFmpeg conceals what it can; the job goes on
+                    self._report_corruption(errors, packet.pts, time_base)
+                for frame in frames:
+                    last = self._frame(frame, last, time_base)
         self._put(self.decoded, _End)
+
+    def _frame(self, frame: av.VideoFrame, last: tuple | None, time_base: Fraction) -> tuple[int, int]:
+        """Queue one decoded frame as RGB with a usable timestamp; returns (pts, duration)."""
+        if (frame.width, frame.height) != (self.source.width, self.source.height):
+            raise VideoError(
+                f"{self.source.path}: the picture changes size at {_clock(frame.pts, time_base)} "
+                f"({self.source.width}x{self.source.height} -> {frame.width}x{frame.height}); "
+                "this is not supported"
+            )
+        pts = frame.pts
+        if last is not None and (pts is None or pts <= last[0]):
+            pts = last[0] + max(last[1], 1)  # missing or repeated timestamp: the next tick
+        elif pts is None:
+            pts = 0
+        duration = frame.duration or 0
+        pixels = to_rgb(frame, self.source.colour, self.rgb_format)
+        self._put(self.decoded, _Frame(pixels, pts, duration))
+        return pts, duration
+
+    def _report_corruption(self, errors: list, pts: int | None, time_base: Fraction) -> None:
+        self.corruptions += 1
+        if self.corruptions <= MAX_CORRUPTION_WARNINGS:
+            details = "; ".join(dict.fromkeys(f"{name}: {text.strip()}" for _, name, text in errors))
+            more = " (further corruption is not reported)" if self.corruptions == MAX_CORRUPTION_WARNINGS else ""
+            self.note(f"{self.source.path}: corrupt video data at about {_clock(pts, time_base)} "
+                      f"({details}); the decoder conceals it and the job goes on{more}")
+        errors.clear()
 
     def _model(self, model, engine_options: dict, alpha: str, cancel) -> Iterator[None]:
         """Upscale each decoded frame onto the encode queue; packets pass straight through.
@@ -349,6 +365,21 @@ def _upscale_wide(model, pixels: np.ndarray, alpha: str, cancel, engine_options:
     image = torch.from_numpy(pixels.astype(np.float32) / top).unsqueeze(0)
     out = upscale(model, image, alpha=alpha, cancel=cancel, **engine_options)[0]
     return (out * top).round_().numpy().astype(pixels.dtype)
+
+
+@contextlib.contextmanager
+def _libav_errors() -> Iterator[list]:
+    """FFmpeg's error messages while the block runs, from every thread (the decoder's frame
+    threads included), as (level, component, message) tuples: decoders conceal damage and say so
+    only there. Lowers no log level another user of PyAV has raised."""
+    previous = av.logging.get_level()
+    if previous is None or previous < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False) as logs:
+            yield logs
+    finally:
+        av.logging.set_level(previous)
 
 
 def _copy_tags(source_stream, target) -> None:

@@ -11,31 +11,12 @@ from pathlib import Path
 
 import av
 
+from .detect import image_demuxer
 from .errors import VideoError
 from .pixels import Colour, Layout
 
-# Extensions a folder listing takes as videos (a file named directly is recognised by content).
-VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mxf", ".ts", ".mts", ".m2ts", ".flv",
-    ".wmv", ".mpg", ".mpeg", ".ogv", ".3gp",
-)
 # Stream types copied packet for packet.
 COPIED_TYPES = ("audio", "subtitle", "data", "attachment")
-
-
-def _image_demuxer(name: str) -> bool:
-    """FFmpeg's demuxers for still images (png_pipe, jpeg_pipe, image2, ...): not videos."""
-    return name == "image2" or name.endswith("_pipe")
-
-
-def is_video(path: str | os.PathLike) -> bool:
-    """True when FFmpeg opens the file as a container with a video stream that is not a still
-    image (stills go to the image path)."""
-    try:
-        with av.open(os.fspath(path)) as container:
-            return bool(container.streams.video) and not _image_demuxer(container.format.name)
-    except (av.FFmpegError, OSError, UnicodeDecodeError):
-        return False
 
 
 @dataclass(frozen=True)
@@ -62,7 +43,7 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
         container = av.open(os.fspath(path))
     except (av.FFmpegError, OSError) as error:
         raise VideoError(f"{path}: not a video FFmpeg can open ({error})") from error
-    if not container.streams.video or _image_demuxer(container.format.name):
+    if not container.streams.video or image_demuxer(container.format.name):
         container.close()
         raise VideoError(f"{path}: has no video stream (FFmpeg reads it as {container.format.name})")
     return container

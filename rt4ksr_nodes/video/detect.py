@@ -1,0 +1,37 @@
+"""Is this input a video? Answered without importing PyAV when it is not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+# Extensions a folder listing takes as videos (a file named directly is recognised by content).
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mxf", ".ts", ".mts", ".m2ts", ".flv",
+    ".wmv", ".mpg", ".mpeg", ".ogv", ".3gp",
+)
+INSTALL_HINT = "video needs PyAV: pip install 'rt4ksr-nodes[video]' (or pip install av)"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("av") is not None
+
+
+def image_demuxer(name: str) -> bool:
+    """FFmpeg's demuxers for still images (png_pipe, jpeg_pipe, image2, ...): not videos."""
+    return name == "image2" or name.endswith("_pipe")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """True when FFmpeg opens the file as a container with a moving-picture stream, whatever its
+    name; without PyAV, when the extension is a video one (the run then says what to install)."""
+    if not available():
+        return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    import av
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            return bool(container.streams.video) and not image_demuxer(container.format.name)
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return False
