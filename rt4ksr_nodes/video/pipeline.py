@@ -33,7 +33,7 @@ from .codecs import EncodeOptions, EncoderPlan, muxable, plan
 from .detect import INSTALL_HINT, available
 from .errors import VideoError, VideoWarning
 from .pixels import from_rgb, to_rgb
-from .source import COPIED_TYPES, VideoSource, open_video, probe
+from .source import COPIED_TYPES, VideoSource, main_stream, open_video, probe
 
 Progress = Callable[[int, "int | None"], None]
 Cancel = Callable[[], bool]
@@ -192,14 +192,14 @@ class _Job:
         plan, info = self.plan, self.source
         output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in MUXER_TAGS})
         output.metadata.update(self.options.metadata)
-        in_video = source.streams.video[0]
+        in_video = main_stream(source)
         video = add_video_stream(output, info, plan)
         if in_video.sample_aspect_ratio:
             video.codec_context.sample_aspect_ratio = in_video.sample_aspect_ratio
         _copy_tags(in_video, video)
         copied = {}
         for stream in source.streams:
-            if stream.type not in COPIED_TYPES:
+            if stream.type not in COPIED_TYPES or stream.index == in_video.index:
                 continue
             name = stream.codec_context.name if stream.codec_context else "unknown"
             if not muxable(plan.muxer, name):
@@ -240,7 +240,7 @@ class _Job:
             self.stop.set()
 
     def _decode(self, source, copied: dict) -> None:
-        video = source.streams.video[0]
+        video = main_stream(source)
         video.thread_type = "AUTO"
         time_base = video.time_base
         last = None  # (pts, duration) of the previous frame
