@@ -33,7 +33,7 @@ from .codecs import EncodeOptions, EncoderPlan, muxable, plan
 from .detect import INSTALL_HINT, available
 from .errors import VideoError, VideoWarning
 from .pixels import from_rgb, to_rgb
-from .source import COPIED_TYPES, VideoSource, main_stream, open_video, probe
+from .source import COPIED_TYPES, VideoSource, decoder, main_stream, open_video, probe
 
 Progress = Callable[[int, "int | None"], None]
 Cancel = Callable[[], bool]
@@ -241,7 +241,7 @@ class _Job:
 
     def _decode(self, source, copied: dict) -> None:
         video = main_stream(source)
-        video.thread_type = "AUTO"
+        context = decoder(video)
         time_base = video.time_base
         last = None  # (pts, duration) of the previous frame
         streams = [video] + [source.streams[index] for index in copied]
@@ -252,9 +252,9 @@ class _Job:
                         self._put(self.decoded, packet)
                     continue
                 try:
-                    frames = video.decode(packet)
+                    frames = context.decode(packet)
                 except av.FFmpegError as error:
-                    errors.append((av.logging.ERROR, video.codec_context.name, str(error)))
+                    errors.append((av.logging.ERROR, context.name, str(error)))
                     frames = []
                 if errors:  # FFmpeg conceals what it can; the job goes on
                     self._report_corruption(errors, packet.pts, time_base)

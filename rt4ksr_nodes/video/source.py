@@ -49,6 +49,16 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     return container
 
 
+def decoder(stream) -> av.CodecContext:
+    """The stream's decoder. VP8/VP9 with alpha (WebM's alpha_mode tag) need libvpx's: FFmpeg's
+    own decoders ignore the alpha plane."""
+    alpha = any(key.lower() == "alpha_mode" and value == "1" for key, value in stream.metadata.items())
+    libvpx = {"vp9": "libvpx-vp9", "vp8": "libvpx"}.get(stream.codec_context.name)
+    context = av.CodecContext.create(libvpx, "r") if alpha and libvpx in av.codecs_available else stream.codec_context
+    context.thread_type = "AUTO"
+    return context
+
+
 def main_stream(container) -> av.VideoStream:
     """The video stream to upscale: the first that is not a still (cover art)."""
     moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
@@ -84,9 +94,11 @@ def probe(path: str | os.PathLike) -> VideoSource:
 
 
 def _first_frame(container, stream, path: Path) -> av.VideoFrame:
+    context = decoder(stream)
     try:
-        for frame in container.decode(stream):
-            return frame
+        for packet in container.demux(stream):
+            for frame in context.decode(packet):
+                return frame
     except av.FFmpegError as error:
         raise VideoError(f"{path}: cannot decode its video stream ({error})") from error
     raise VideoError(f"{path}: its video stream has no frames")
