@@ -43,8 +43,11 @@ QUEUE_FRAMES = 4  # frames waiting between two stages (packets of other streams 
 MAX_CORRUPTION_WARNINGS = 20
 # Container tags the muxer writes itself; copying the source's would leave them stale.
 MUXER_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder")
-# Stream tags describing the old encoding (Matroska statistics, the old encoder).
-STALE_STREAM_TAGS = ("encoder", "duration", "bps", "number_of_frames", "number_of_bytes", "_statistics")
+# Stream tags describing the old encoding (Matroska statistics, the old encoder, WebM's alpha
+# flag, which the muxer sets again when the new stream has alpha).
+STALE_STREAM_TAGS = (
+    "encoder", "duration", "bps", "number_of_frames", "number_of_bytes", "_statistics", "alpha_mode",
+)
 
 
 @dataclass(frozen=True)
