@@ -8,8 +8,9 @@ them either: 16-bit RGB(A) output is encoded by `_png16` (PNG) and `_tiff16`
 
 Animated GIF, WebP and PNG files and multi-page TIFF files are read and written whole by
 `read_frames` and `write_frames`: every frame as it is shown (Pillow composites each frame onto
-the ones before), with the frame durations, loop count and GIF/APNG disposal and blend kept.
-Written back over the same canvas rules, such full frames show exactly as the original did.
+the ones before), with the frame durations, play count and GIF/APNG disposal and blend kept.
+Written back over the same canvas rules, such whole frames show exactly as the original did;
+into another format they are written with "clear, then draw the next", which also does.
 """
 
 from __future__ import annotations
@@ -59,13 +60,13 @@ class Picture:
 
 @dataclass
 class Timing:
-    """How the frames of an animation are shown; what TIFF pages have is only their number."""
+    """How the frames of an animation are shown (TIFF pages have none of it)."""
 
+    format: str | None = None  # Pillow's name of the format read ("GIF", "PNG", ...)
     durations: list[float] = field(default_factory=list)  # ms per frame; empty for TIFF
-    loop: int | None = None  # plays loop + 1 times, 0 = forever; None: no loop setting (GIF)
+    plays: int = 1  # times the animation plays, 0 = forever (GIF stores plays - 1)
     disposal: list[int] | None = None  # GIF and APNG, per frame, as Pillow numbers them
     blend: list[int] | None = None  # APNG, per frame
-    default_image: bool = False  # APNG: the first frame is the still image, not in the animation
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
@@ -96,26 +97,31 @@ def read_frames(
     with _reading(path, max_pixels) as image:
         count = getattr(image, "n_frames", 1)
         _check_size(path, image.size, count, max_pixels)
-        frames, timing = [], Timing(loop=image.info.get("loop"))
-        timing.default_image = bool(image.info.get("default_image"))
-        if image.format in ("GIF", "PNG"):
-            timing.disposal = []
-        if image.format == "PNG":
-            timing.blend = []
+        kind = image.format
+        loop = image.info.get("loop")  # GIF: repeats after the first play; others: plays
+        if kind == "GIF":
+            plays = 1 if loop is None else loop + 1 if loop else 0
+        else:
+            plays = loop or 0
+        timing = Timing(kind, plays=plays, disposal=[] if kind in ("GIF", "PNG") else None,
+                        blend=[] if kind == "PNG" else None)
+        # An APNG's default image is shown only where animation is not: it is left out.
+        first = 1 if kind == "PNG" and image.info.get("default_image") else 0
         # Pillow composites APNG frames at 8 bits: the 16-bit path would read one frame alone.
-        exact = image.format != "PNG" or count == 1
-        for index in range(count):
+        exact = kind != "PNG" or count == 1
+        frames = []
+        for index in range(first, count):
             image.seek(index)
             frames.append(_picture(path, image, index if exact else None))
-            if image.format != "TIFF":  # WebP knows a frame's duration once it is decoded
+            if kind != "TIFF":  # WebP knows a frame's duration once it is decoded
                 timing.durations.append(image.info.get("duration", 0))
-            if image.format == "GIF":
+            if kind == "GIF":
                 timing.disposal.append(image.disposal_method)
-            elif image.format == "PNG":
+            elif kind == "PNG":
                 timing.disposal.append(image.info.get("disposal", 0))
                 timing.blend.append(image.info.get("blend", 0))
     # Pages of a TIFF stand alone; the frames of an animation are shown in one canvas.
-    return (frames if image.format == "TIFF" else _common_layout(frames)), timing
+    return (frames if kind == "TIFF" else _common_layout(frames)), timing
 
 
 @contextlib.contextmanager
@@ -219,7 +225,7 @@ def write_frames(path: str | os.PathLike, frames: Iterable[Picture], timing: Tim
     `frames` are full frames, as read_frames gives them; they may be produced while this
     writes (each is turned into an 8-bit image as it comes). GIF frames get a 256-colour
     palette each, alpha below one half becoming transparent; WebP is lossy at `quality`;
-    TIFF pages keep 16 bits. The timing's durations, loop, disposal and blend are kept where
+    TIFF pages keep 16 bits. The timing's durations, plays, disposal and blend are kept where
     the format has them.
     """
     path = Path(path)
@@ -266,24 +272,28 @@ def _checked_suffix(path: Path, allowed: tuple[str, ...], quality: int) -> str:
     return suffix
 
 
+# Disposal that clears a frame's area before the next is drawn (Pillow's numbers): right for
+# any sequence of whole frames, used where the source's own disposal does not apply.
+_CLEAR = {"GIF": 2, "PNG": 1}
+
+
 def _frames_options(suffix: str, timing: Timing, count: int, quality: int) -> dict:
-    if suffix in (".tif", ".tiff"):
+    kind = FRAMES_FORMATS[suffix]
+    if kind == "TIFF":
         return {}
-    # APNG's default image is not part of the animation: its timing is not written.
-    skip = 1 if timing.default_image and suffix == ".png" else 0
     options = {}
     if len(timing.durations) == count:
-        options["duration"] = timing.durations[skip:]
-    if timing.loop is not None:
-        options["loop"] = timing.loop
-    if suffix == ".png":
-        options["default_image"] = timing.default_image
-    if suffix in (".gif", ".png") and timing.disposal and len(timing.disposal) == count:
-        # Numbered alike only within one format (GIF 0-3, APNG 0-2): kept for the same kind.
-        options["disposal"] = timing.disposal[skip:]
-    if suffix == ".png" and timing.blend and len(timing.blend) == count:
-        options["blend"] = timing.blend[skip:]
-    if suffix == ".webp":
+        options["duration"] = timing.durations
+    if kind != "GIF":
+        options["loop"] = timing.plays
+    elif timing.plays != 1:  # no loop setting: plays once
+        options["loop"] = max(timing.plays - 1, 0)
+    same = timing.format == kind  # disposal and blend numbers mean the same only then
+    if kind in _CLEAR:
+        options["disposal"] = timing.disposal if same and timing.disposal else _CLEAR[kind]
+    if kind == "PNG":
+        options["blend"] = timing.blend if same and timing.blend else 0  # replace, not blend
+    if kind == "WEBP":
         options.update(lossless=False, quality=quality)
     return options
 
