@@ -78,6 +78,14 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         return _picture(path, image)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the image read_image gives (upright), without decoding most files."""
+    with _reading(Path(path), 0) as image:
+        width, height = image.size
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def frame_count(path: str | os.PathLike) -> int:
     """Frames of an animated GIF, WebP or PNG, pages of a TIFF; 1 for a still image."""
     with _reading(Path(path), 0) as image:
