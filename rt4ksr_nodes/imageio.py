@@ -222,6 +222,7 @@ def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95,
     """
     path = Path(path)
     suffix = _checked_suffix(path, IMAGE_EXTENSIONS, quality)
+    check_storable(path, picture.pixels.shape[-1])
     with atomic_write(path, overwrite=overwrite) as out:
         _write(out, path, suffix, picture, quality, text or {})
 
@@ -269,6 +270,12 @@ def _with_icc(image: Image.Image, picture: Picture) -> Image.Image:
     if picture.icc_profile:
         image.info["icc_profile"] = picture.icc_profile
     return image
+
+
+def check_storable(path: Path, channels: int) -> None:
+    """Refuse what the file format of `path` cannot hold, before any work is done for it."""
+    if path.suffix.lower() in (".jpg", ".jpeg") and channels in (2, 4):
+        raise ValueError(f"{path.name}: JPEG cannot store alpha; write PNG, WebP or TIFF")
 
 
 def _checked_suffix(path: Path, allowed: tuple[str, ...], quality: int) -> str:
@@ -412,8 +419,6 @@ def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: in
     image = _pillow_image(pixels, 16 if wide else 8)
     options = {"icc_profile": icc} if icc else {}
     if suffix in (".jpg", ".jpeg"):
-        if channels in (2, 4):
-            raise ValueError(f"{path.name}: JPEG cannot store alpha; write PNG, WebP or TIFF")
         options["quality"] = quality
     elif suffix == ".webp":
         options.update(lossless=False, quality=quality)

@@ -34,6 +34,7 @@ from .imageio import (
     ImageReadError,
     Picture,
     Timing,
+    check_storable,
     frame_count,
     read_frames,
     read_image,
@@ -324,6 +325,7 @@ def upscale_file(model, source: Path, destination: Path, args) -> None:
         write_frames(destination, results, timing, overwrite=args.overwrite)
         return
     picture = read_image(source, args.max_pixels)
+    check_storable(destination, picture.pixels.shape[-1])
     result = _upscaled(model, picture.pixels, args, source.name)
     write_image(destination, Picture(result, picture.bits, picture.icc_profile),
                 overwrite=args.overwrite)
