@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     tally = Counter()
     try:
         with sigterm_as_interrupt():
-            return _main(parser, args, tally)
+            return _upscale_all(parser, args, tally)
     except KeyboardInterrupt as stop:
         by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
         print(f"stopped by {by}; finished outputs are complete, the one being made was discarded",
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_code if isinstance(stop, Terminated) else INTERRUPTED
 
 
-def _main(parser: argparse.ArgumentParser, args, tally: Counter) -> int:
+def _upscale_all(parser: argparse.ArgumentParser, args, tally: Counter) -> int:
+    """Check everything that can be checked, then run the jobs, counting them in `tally`."""
     try:
         target, is_folder = _check_options(args)
         try:
