@@ -231,8 +231,9 @@ def write_frames(path: str | os.PathLike, frames: Iterable[Picture], timing: Tim
                  quality: int = 95, *, overwrite: bool = True) -> None:
     """Write an animated GIF, WebP or PNG, or a multi-page TIFF (by the extension), atomically.
 
-    `frames` are full frames, as read_frames gives them; they may be produced while this
-    writes (each is turned into an 8-bit image as it comes). GIF frames get a 256-colour
+    `frames` are whole frames, as read_frames gives them; they may be produced while this
+    runs (each becomes a Pillow image as it comes; TIFF pages are kept until all are there,
+    for the 16-bit writer). GIF frames get a 256-colour
     palette each, alpha below one half becoming transparent; WebP is lossy at `quality`;
     TIFF pages keep 16 bits. The timing's durations, plays, disposal and blend are kept where
     the format has them.
