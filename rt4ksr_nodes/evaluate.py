@@ -36,8 +36,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import weights
-from .cli_args import non_negative_int, positive_int
-from .fileio import atomic_write
+from . import cli_args
+from .fileio import atomic_write, unwritable
 from .imageio import IMAGE_EXTENSIONS, image_size, read_image
 from .imresize import imresize_uint8
 from .metrics import BT601_Y, SSIM_WINDOW, UPSTREAM_Y, measure, to_uint8
@@ -75,7 +75,11 @@ class Benchmark:
 
 
 def image_files(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
+    """The images of a folder; hidden files (editors' and tools' own) are not images."""
+    return tuple(sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ))
 
 
 def find_benchmark(path: Path) -> Benchmark:
@@ -337,17 +341,18 @@ def parse_args(argv):
     )
     parser.add_argument("--input", type=Path, nargs="+", required=True,
                         help="HR folders, or benchmark folders holding HR/ [LR_bicubic_x{s}/]")
-    parser.add_argument("--scale", type=positive_int, nargs="+",
+    parser.add_argument("--scale", type=cli_args.positive_int, nargs="+",
                         help="default: the scales of --model, else 2 3")
-    parser.add_argument("--model", type=Path, nargs="+",
+    parser.add_argument("--model", type=cli_args.checkpoint, nargs="+",
                         help="checkpoints to evaluate (default: the released model per scale)")
     parser.add_argument("--degradation", nargs="+", choices=DEGRADATIONS, default=["bicubic"],
                         help="bicubic: clean LR; ntire23: LR + JPEG q90 (default: bicubic)")
-    parser.add_argument("--crop-border", type=non_negative_int, default=None,
+    parser.add_argument("--crop-border", type=cli_args.non_negative_int, default=None,
                         help="pixels ignored on each side (default: the scale)")
     parser.add_argument("--upstream-y", action="store_true",
                         help="upstream RT4KSR's Y: BT.601 weights in BGR order applied to RGB")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", type=cli_args.device, default="cpu",
+                        help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument("--csv", type=Path, help="write one row per image here")
     parser.add_argument("--json", type=Path, help="write settings and averages here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -357,8 +362,12 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     for option, target in (("--csv", args.csv), ("--json", args.json)):
-        if target is not None and target.is_dir():  # found out before the evaluation, not after
+        # Found out before the evaluation, not after.
+        if target is not None and target.is_dir():
             parser.exit(2, f"error: {option} {target} is a folder; give a file name\n")
+        problem = target is not None and unwritable(target.parent)
+        if problem:
+            parser.exit(2, f"error: {option} {target}: {problem}\n")
     device = torch.device(args.device)
     try:
         benchmarks = [find_benchmark(path) for path in args.input]

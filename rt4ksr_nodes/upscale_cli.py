@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from . import weights
-from .cli_args import non_negative_int
+from .cli_args import checkpoint, device, non_negative_int
 from .engine import ALPHA_MODES, UpscaleError, upscale
-from .engine.device import PRECISION_CHOICES, resolve_device
+from .engine.device import PRECISION_CHOICES
 from .engine.tiling import MIN_TILE
-from .fileio import Terminated, remove_stale_temps, sigterm_as_interrupt
+from .fileio import Terminated, remove_stale_temps, sigterm_as_interrupt, unwritable
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     FRAMES_FORMATS,
@@ -79,11 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         "existing folder, or a path ending in /); default: <stem>--<s>x.png beside each input",
     )
     parser.add_argument("--scale", type=int, choices=(2, 3), help="use the released model")
-    parser.add_argument("--model", type=Path, help="any RT4KSR checkpoint (.pth/.safetensors)")
+    parser.add_argument("--model", type=checkpoint,
+                        help="any RT4KSR checkpoint (.pth/.safetensors)")
     parser.add_argument("--tile", type=non_negative_int, default=0,
                         help="tile size in input px (0 = auto)")
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--alpha", default="model", choices=ALPHA_MODES)
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -152,14 +153,6 @@ def _check_options(args) -> tuple[Path | None, bool]:
         raise UsageError("give --scale (released model) or --model PATH")
     if args.tile and args.tile < MIN_TILE:
         raise UsageError(f"--tile must be 0 (automatic) or at least {MIN_TILE}")
-    try:
-        resolve_device(args.device)
-    except (ValueError, RuntimeError) as error:
-        raise UsageError(f"--device {args.device}: {error}") from None
-    if args.model is not None and args.model.is_dir():
-        found = sorted(p.name for p in args.model.iterdir() if p.suffix in (".pth", ".safetensors"))
-        hint = f" (it holds {', '.join(found)})" if found else ""
-        raise UsageError(f"--model {args.model} is a folder; give a checkpoint file{hint}")
     return output_target(args.input, args.output)
 
 
@@ -234,7 +227,9 @@ def plan(
         claimed[destination] = source
         jobs.append(Job(source, destination))
     for folder in sorted({job.destination.parent for job in jobs}):
-        _check_writable(folder)
+        problem = unwritable(folder)
+        if problem:
+            raise UsageError(problem)
     return jobs, problems
 
 
@@ -267,16 +262,6 @@ def _same_file(source: Path, destination: Path) -> bool:
     if source.resolve() == destination.resolve():
         return True
     return destination.exists() and os.path.samefile(source, destination)
-
-
-def _check_writable(folder: Path) -> None:
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"cannot write into {folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write into {folder}: {existing} is not writable")
 
 
 def run_job(model, job: Job, args) -> str:

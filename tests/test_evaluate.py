@@ -209,12 +209,38 @@ def test_image_smaller_than_the_scale_is_skipped_by_name(tmp_path, capsys, fused
         ev.plan([ev.find_benchmark(folder)], [3], crop_border=100)
 
 
-@pytest.mark.parametrize("option", [["--crop-border", "-1"], ["--scale", "0"], ["--crop-border", "x"]])
-def test_numbers_are_checked_when_parsed(tmp_path, capsys, option):
+@pytest.mark.parametrize("option", [
+    ["--crop-border", "-1"], ["--scale", "0"], ["--crop-border", "x"], ["--device", "meta"],
+    ["--model", "MODELS"],
+])
+def test_options_are_checked_when_parsed(tmp_path, capsys, monkeypatch, option):
     write_png(tmp_path / "a.png", smooth_image(24, 24, 7))
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated anyway"))
+    option = [str(checkpoint_path(2).parent) if o == "MODELS" else o for o in option]
     with pytest.raises(SystemExit) as stopped:
         ev.main(["--input", str(tmp_path), "--no-progress", *option])
-    assert stopped.value.code == 2 and f"argument {option[0]}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"argument {option[0]}" in err
+    if option[0] == "--model":
+        assert "is a folder; give a checkpoint file (it holds rt4ksr_x2.pth" in err
+
+
+def test_report_below_a_file_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    write_png(tmp_path / "in" / "a.png", smooth_image(24, 24, 7))
+    (tmp_path / "plain").write_text("a file")
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated anyway"))
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(["--input", str(tmp_path / "in"), "--no-progress",
+                 "--csv", str(tmp_path / "plain" / "rows.csv")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"{tmp_path / 'plain'} is a file, not a folder" in err
+
+
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    write_png(tmp_path / "a.png", smooth_image(24, 24, 7))
+    (tmp_path / "._a.png").write_bytes(b"macOS resource fork")
+    (tmp_path / "old.png").mkdir()
+    assert [p.name for p in ev.find_benchmark(tmp_path).hr_paths] == ["a.png"]
 
 
 def test_crop_border_larger_than_the_images_is_an_error_without_warnings(tmp_path, capsys):

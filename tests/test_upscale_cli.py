@@ -243,7 +243,7 @@ def _usage_error(argv, capsys) -> str:
     (["--benchmark", "-1"], "argument --benchmark: must be 0 or more"),
     (["--max-pixels", "-1"], "argument --max-pixels: must be 0 or more"),
     (["--tile", "-64"], "argument --tile: must be 0 or more"),
-    (["--device", "meta"], "--device meta: device meta: RT4KSR runs on cpu, cuda"),
+    (["--device", "meta"], "argument --device: device meta: RT4KSR runs on cpu, cuda"),
     (["--overwrite", "--skip-existing"], "not allowed with argument"),
 ])
 def test_bad_numbers_and_devices_are_usage_errors(tmp_path, capsys, no_upscale, option, message):
@@ -293,7 +293,7 @@ def test_output_equal_to_the_input_is_refused_even_with_overwrite(tmp_path, caps
 def test_model_folder_and_file_in_the_output_path_are_explained(tmp_path, capsys, checkpoints, no_upscale):
     source = _save(tmp_path / "a.png")
     err = _usage_error(["-i", str(source), "--model", str(checkpoints[2].parent)], capsys)
-    assert f"--model {checkpoints[2].parent} is a folder; give a checkpoint file" in err
+    assert f"--model: {checkpoints[2].parent} is a folder; give a checkpoint file" in err
     assert "rt4ksr_x2.pth" in err
     (tmp_path / "plain").write_text("a file, not a folder")
     err = _usage_error(["-i", str(source), "--scale", "2", "-o", str(tmp_path / "plain" / "x.png")], capsys)
