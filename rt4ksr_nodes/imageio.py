@@ -144,6 +144,8 @@ def _reading(path: Path, max_pixels: int):
         raise ImageReadError(
             f"{path}: cannot read image: not a PNG, JPEG, WebP, TIFF, BMP or GIF file"
         ) from error
+    except (IndexError, struct.error) as error:  # how Pillow meets some cut files (GIF)
+        raise ImageReadError(f"{path}: cannot read image: damaged or cut short") from error
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: cannot read image: {error}") from error
 

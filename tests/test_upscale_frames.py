@@ -168,3 +168,15 @@ def test_apng_into_another_format_clears_between_whole_frames(tmp_path, suffix):
     assert (shown[1][:, :22, 3] == 0).all() and (shown[1][:, 26:, 3] == 255).all()
     with Image.open(target) as out:
         assert out.info["loop"] == 0
+
+
+def test_cut_animation_is_named_and_the_others_done(tmp_path, capsys):
+    images = [Image.fromarray(f) for f in _frames()]
+    images[0].save(tmp_path / "a.gif", save_all=True, append_images=images[1:])
+    data = (tmp_path / "a.gif").read_bytes()
+    (tmp_path / "b.gif").write_bytes(data[: len(data) * 2 // 3])  # cut in its second frame
+    assert main(["-i", str(tmp_path), "--scale", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'b.gif'}: cannot read image: damaged or cut short" in err
+    assert "Traceback" not in err and err.strip().endswith("done 1, failed 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a--2x.gif", "a.gif", "b.gif"]
