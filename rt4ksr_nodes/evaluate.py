@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from . import weights
 from . import cli_args
-from .fileio import atomic_write, unwritable
+from .fileio import atomic_write, sigterm_as_interrupt, stopped_by, unwritable
 from .imageio import IMAGE_EXTENSIONS, image_size, read_image
 from .imresize import imresize_uint8
 from .metrics import BT601_Y, SSIM_WINDOW, UPSTREAM_Y, measure, to_uint8
@@ -370,12 +370,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"error: {option} {target}: {problem}\n")
     device = torch.device(args.device)
     try:
-        benchmarks = [find_benchmark(path) for path in args.input]
-        models = load_models(args.model, args.scale, device)
-        rows = evaluate(benchmarks, models, args.degradation, args.crop_border, args.upstream_y,
-                        device, progress=not args.no_progress)
+        with sigterm_as_interrupt():
+            benchmarks = [find_benchmark(path) for path in args.input]
+            models = load_models(args.model, args.scale, device)
+            rows = evaluate(benchmarks, models, args.degradation, args.crop_border,
+                            args.upstream_y, device, progress=not args.no_progress)
     except (OSError, ValueError, weights.WeightsError) as error:
         parser.exit(2, f"error: {error}\n")
+    except KeyboardInterrupt as stop:
+        by, code = stopped_by(stop)
+        print(f"stopped by {by}; no report was written", file=sys.stderr)
+        return code
     summary = summarize(rows)
     print(format_table(summary))
     if args.csv:

@@ -118,6 +118,13 @@ class Terminated(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM  # 143, what shells report for a process ended by SIGTERM
 
 
+def stopped_by(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a command, and its exit status: 128 + the signal number, as shells give."""
+    if isinstance(stop, Terminated):
+        return "SIGTERM", stop.exit_code
+    return "Ctrl-C", 128 + signal.SIGINT
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block SIGTERM (schedulers, containers, `kill`) raises `Terminated`; in the

@@ -26,7 +26,7 @@ from .cli_args import checkpoint, device, non_negative_int
 from .engine import ALPHA_MODES, UpscaleError, upscale
 from .engine.device import PRECISION_CHOICES
 from .engine.tiling import MIN_TILE
-from .fileio import Terminated, remove_stale_temps, sigterm_as_interrupt, unwritable
+from .fileio import remove_stale_temps, sigterm_as_interrupt, stopped_by, unwritable
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     FRAMES_FORMATS,
@@ -46,8 +46,7 @@ from .model import CheckpointError, load_model
 # How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
 OUTPUT_NAME = re.compile(r"--\d+x$")
 EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")  # read and written
-OK, FAILED, USAGE = 0, 1, 2
-INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C; SIGTERM: Terminated.exit_code
+OK, FAILED, USAGE = 0, 1, 2  # and 130 / 143 when stopped (fileio.stopped_by)
 
 
 class UsageError(Exception):
@@ -111,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             return _upscale_all(parser, args, tally)
     except KeyboardInterrupt as stop:
-        by = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+        by, code = stopped_by(stop)
         print(f"stopped by {by}; finished outputs are complete, the one being made was discarded",
               file=sys.stderr)
         _summary(tally, stopped=True)
-        return stop.exit_code if isinstance(stop, Terminated) else INTERRUPTED
+        return code
 
 
 def _upscale_all(parser: argparse.ArgumentParser, args, tally: Counter) -> int:

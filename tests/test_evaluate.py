@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import math
+import os
+import signal
 import warnings
 from fractions import Fraction
 
@@ -294,3 +296,16 @@ def test_cli_names_a_broken_image_and_refuses_a_folder_as_report(tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         ev.main(arguments + ["--csv", str(tmp_path)])
     assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, code, name", [
+    (signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"),
+])
+def test_stopped_without_traceback_or_report(tmp_path, capsys, monkeypatch, signum, code, name):
+    write_png(tmp_path / "in" / "a.png", smooth_image(40, 52, 3))
+    monkeypatch.setattr(ev, "score_methods", lambda *a: os.kill(os.getpid(), signum))
+    assert ev.main(["--input", str(tmp_path / "in"), "--model", str(checkpoint_path(2)),
+                    "--no-progress", "--csv", str(tmp_path / "rows.csv")]) == code
+    assert f"stopped by {name}; no report was written" in capsys.readouterr().err
+    assert not (tmp_path / "rows.csv").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
