@@ -6,10 +6,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: an open file cannot be deleted there, which protects it instead
+    fcntl = None
 
 
 def _read_umask() -> int:
@@ -21,6 +28,10 @@ def _read_umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_read_umask()
+# Temporary files of atomic_write: ".<name>.<random>.rt4ksr.part" beside the final file.
+TEMP_SUFFIX = ".rt4ksr.part"
+# A temporary file is locked from right after its creation; this covers that instant.
+_TEMP_GRACE_S = 2.0
 
 
 @contextlib.contextmanager
@@ -31,23 +42,105 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
     plain `open()` would give (mkstemp's are owner-only), and renamed over `path` only when the
     block ends without an exception; otherwise the temporary file is removed. With
     `overwrite=False` an existing `path` is never replaced, even by a concurrent writer.
+    The temporary file stays locked while it is written, so that one left by a killed process
+    can be told apart and removed (`remove_stale_temps`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS however the process ends
         with os.fdopen(handle, "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
             os.fchmod(out.fileno(), FILE_MODE)
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)  # fails with FileExistsError instead of replacing
+            if fcntl is not None:  # published while still locked
+                _publish(temp, path, overwrite)
+        if fcntl is None:  # Windows renames only closed files
+            _publish(temp, path, overwrite)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def _publish(temp: str, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(temp, path)
+    else:
+        os.link(temp, path)  # fails with FileExistsError instead of replacing
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that atomic_write left in `folder` when its process was killed
+    (kill -9, power loss); those of writers still running are locked and kept. Returns them."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no such folder yet, or not readable: nothing of ours there
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if time.time() - entry.stat().st_mtime < _TEMP_GRACE_S:
+                continue
+            if fcntl is None:
+                os.unlink(entry.path)  # refused while the writer holds it open
+            else:
+                with open(entry.path, "rb") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while written
+                    os.unlink(entry.path)
+        except OSError:  # being written (locked), or already gone
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be created in `folder` (created first if need be), or None if they can."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot write into {folder}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write into {folder}: {existing} is not writable"
+    return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that the same clean-up runs."""
+
+    exit_code = 128 + signal.SIGTERM  # 143, what shells report for a process ended by SIGTERM
+
+
+def stopped_by(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a command, and its exit status: 128 + the signal number, as shells give."""
+    if isinstance(stop, Terminated):
+        return "SIGTERM", stop.exit_code
+    return "Ctrl-C", 128 + signal.SIGINT
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM (schedulers, containers, `kill`) raises `Terminated`; in the
+    main thread only, as Python delivers signals there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UnsafePathError(ValueError):

@@ -22,9 +22,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
         else:
             device = "cpu"
     device = torch.device(device)
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device}: RT4KSR runs on cpu, cuda (cuda:N) or mps")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device} requested but MPS (Apple GPU) is not available")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device} requested but there are {torch.cuda.device_count()} CUDA devices"
+            )
         if device.index is None:
             # One cache entry per physical GPU: "cuda" and "cuda:0" are the same device.
             device = torch.device("cuda", torch.cuda.current_device())
