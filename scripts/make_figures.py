@@ -42,7 +42,7 @@ SIZE = 96  # crop side: a multiple of 2 x 2 and 2 x 3, so evaluate's mod-crop ke
 ZOOM = 2  # every panel is shown enlarged by pixel repetition, so single pixels stay visible
 GAP = 6
 FONT = 14
-INK, PAPER, MUTED = (20, 20, 20), (255, 255, 255), (90, 90, 90)
+INK, PAPER, MUTED = (20, 20, 20), (255, 255, 255), (110, 110, 110)
 COLUMNS = ("input", "bicubic", "RT4KSR", "original")
 
 
@@ -58,9 +58,9 @@ class Crop:
 
 def crops(photo_dir: Path) -> tuple[Crop, ...]:
     return (
-        Crop("photo_butterfly", "photograph: Set5 butterfly.png", photo_dir / "butterfly.png",
+        Crop("photo_butterfly", "Photograph (Set5 butterfly)", photo_dir / "butterfly.png",
              "487d841c9dbc46c7ab496c319ec1f13268de7ea7e02f94ae18781ca86a5abd0d", 100, 20),
-        Crop("art_dusk", "flat-colour art: workflows/inputs/dusk_1920x1080.png",
+        Crop("art_dusk", "Flat-colour art (workflows/inputs/dusk_1920x1080.png)",
              ROOT / "workflows" / "inputs" / "dusk_1920x1080.png",
              "f70c6a2a8f133281e3192ee9167db5849e124458df4612984736347f787e57a8", 60, 40),
     )
@@ -94,32 +94,28 @@ def panels(hr: np.ndarray, scale: int, model) -> tuple[int, list[tuple[str, np.n
     return lr.shape[0], scored + [("original", hr, None)]
 
 
-def caption(name: str, scale: int, lr_side: int, psnr_y: float | None) -> tuple[str, str]:
-    if name == "input":
-        return f"input {lr_side}x{lr_side}, x{scale} nearest", f"PSNR-Y {psnr_y:.3f} dB"
+def caption(name: str, psnr_y: float | None) -> str:
     if name == "original":
-        return f"original {SIZE}x{SIZE}", ""
-    return name, f"PSNR-Y {psnr_y:.3f} dB"
+        return "original"
+    return f"{'input, nearest' if name == 'input' else name}: {psnr_y:.3f} dB"
 
 
-def render(rows: list[tuple[str, list[tuple[str, str, np.ndarray]]]]) -> Image.Image:
-    """rows: (row title, [(caption line 1, caption line 2, image)]) -> one white figure."""
+def render(rows: list[tuple[str, list[tuple[str, np.ndarray]]]]) -> Image.Image:
+    """rows: (row title, [(caption, image)]) -> one white figure."""
     font = ImageFont.load_default(size=FONT)
-    bold = ImageFont.load_default(size=FONT + 1)
     side = SIZE * ZOOM
-    line = FONT + 4
-    row_height = line + side + 2 * line + GAP
+    line = FONT + 5
+    row_height = line + side + line + GAP
     width = len(COLUMNS) * side + (len(COLUMNS) + 1) * GAP
     figure = Image.new("RGB", (width, GAP + len(rows) * row_height), PAPER)
     draw = ImageDraw.Draw(figure)
     top = GAP
     for title, cells in rows:
-        draw.text((GAP, top), title, fill=INK, font=bold)
-        for column, (first, second, image) in enumerate(cells):
+        draw.text((GAP, top), title, fill=INK, font=font)
+        for column, (text, image) in enumerate(cells):
             left = GAP + column * (side + GAP)
             figure.paste(Image.fromarray(nearest(image, ZOOM)), (left, top + line))
-            draw.text((left, top + line + side + 2), first, fill=INK, font=font)
-            draw.text((left, top + 2 * line + side + 2), second, fill=MUTED, font=font)
+            draw.text((left, top + line + side + 2), text, fill=MUTED if column == 3 else INK, font=font)
         top += row_height
     return figure
 
@@ -148,8 +144,9 @@ def _make(photo_dir: Path, crops_dir: Path | None) -> tuple[Image.Image, dict]:
         for scale in SCALES:
             lr_side, scored = panels(hr, scale, models[scale])
             numbers[crop.stem][f"x{scale}"] = {name: value for name, _, value in scored if value is not None}
-            cells = [(*caption(name, scale, lr_side, value), image) for name, image, value in scored]
-            rows.append((f"{crop.title} (crop at {crop.x},{crop.y}), x{scale}", cells))
+            cells = [(caption(name, value), image) for name, image, value in scored]
+            rows.append((f"{crop.title}, x{scale} from {lr_side}x{lr_side} (PSNR on Y vs the original)",
+                         cells))
     return render(rows), numbers
 
 
