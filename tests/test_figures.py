@@ -33,8 +33,11 @@ def made(tmp_path_factory):
 def test_figure_regenerates_pixel_identical(made):
     with Image.open(FIGURES / "comparison.png") as committed, Image.open(made / "img" / "comparison.png") as fresh:
         assert committed.size == fresh.size
-        assert np.array_equal(np.asarray(committed), np.asarray(fresh)), \
-            "docs/img/comparison.png is stale: run scripts/make_figures.py and commit the result"
+        differ = np.any(np.asarray(committed) != np.asarray(fresh), axis=-1)
+        assert not differ.any(), (
+            f"{differ.sum()} pixels differ (rows {np.nonzero(differ.any(axis=1))[0][[0, -1]]}): "
+            "docs/img/comparison.png is stale, run scripts/make_figures.py and commit the result"
+        )
     assert json.loads((made / "img" / "comparison.json").read_text()) == \
         json.loads((FIGURES / "comparison.json").read_text())
 
