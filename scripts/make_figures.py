@@ -4,14 +4,14 @@
     python scripts/make_figures.py --crops-dir crops     # also writes the original crops
     python -m rt4ksr_nodes.evaluate --input crops/photo_butterfly crops/art_dusk --scale 2 3
 
-Two crops, a photograph (Set5 `butterfly.png`, read in place from the benchmark images, never
-copied into the repository) and flat-colour art (the repository's own example input
+Two 96x96 crops, a photograph (Set5 `butterfly.png`, read in place from the benchmark images;
+the crop file is not committed) and flat-colour art (the repository's own example input
 `workflows/inputs/dusk_1920x1080.png`), each taken at x2 and x3 through the evaluation's own
 protocol (`rt4ksr_nodes.evaluate`): MATLAB-bicubic LR of the crop, torch bicubic and the released
 RT4KSR, 8-bit outputs, PSNR on BT.601 Y with the scale as crop border. So the bicubic and RT4KSR
 labels are the PSNR Y that `evaluate` prints for the crops written by `--crops-dir` (one folder,
-hence one table row, per crop). The input
-panel is the LR enlarged by pixel repetition (nearest neighbour), measured the same way.
+hence one table row, per crop). The input panel is the LR enlarged by pixel repetition (nearest
+neighbour), measured the same way.
 
 Deterministic: fixed crops, the float32 model on the CPU on one thread, Pillow's built-in font.
 """
@@ -68,8 +68,8 @@ def crops(photo_dir: Path) -> tuple[Crop, ...]:
 
 def read_crop(crop: Crop) -> np.ndarray:
     if not crop.path.is_file():
-        raise FileNotFoundError(f"{crop.path}: missing; the photograph is Set5's butterfly.png "
-                                "(give its folder with --photo-dir)")
+        raise FileNotFoundError(f"{crop.path}: missing (--photo-dir names the folder holding "
+                                "Set5's butterfly.png)")
     digest = hashlib.sha256(crop.path.read_bytes()).hexdigest()
     if digest != crop.sha256:
         raise ValueError(f"{crop.path}: SHA-256 {digest}, expected {crop.sha256}: not the image "
