@@ -73,6 +73,18 @@ def start_server(comfyui: Path, python: str, base: Path, log) -> tuple[subproces
             time.sleep(1)
 
 
+def wait_for_empty_queue(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        with urllib.request.urlopen(url + "/queue", timeout=5) as response:
+            queue = json.loads(response.read())
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"the queue is still busy after {timeout} s")
+        time.sleep(0.5)
+
+
 def screenshot(url: str, chromium: str, profile: Path, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -95,9 +107,10 @@ def screenshot(url: str, chromium: str, profile: Path, out: Path) -> None:
                 " return images?.length && images.every(image => image.complete && image.naturalWidth); }",
                 arg=save, timeout=300_000, polling=500,
             )
+            wait_for_empty_queue(url)  # so the queue's badge and Cancel button are gone too
             page.mouse.click(VIEWPORT["width"] // 2, VIEWPORT["height"] - 10)  # the canvas takes focus
             page.evaluate("() => { window.app.canvas.deselectAll?.(); window.app.canvas.setDirty(true, true); }")
-            page.wait_for_timeout(1000)
+            page.wait_for_timeout(2000)
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
         finally:
