@@ -322,28 +322,31 @@ def _autotune_restore(saved: bool) -> None:
 
 
 def _tf32_parts() -> list:
-    """cuDNN's per-operator precision settings (torch >= 2.9), set together so that the legacy
-    allow_tf32 flag, which reads them both, stays readable; [] in older torch."""
+    """cuDNN's per-operator precision settings (torch >= 2.9); [] in older torch."""
     parts = [getattr(torch.backends.cudnn, name, None) for name in ("conv", "rnn")]
     return parts if all(hasattr(part, "fp32_precision") for part in parts) else []
 
 
 def _tf32_off():
-    parts = _tf32_parts()
-    if not parts:
-        saved, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
-        return saved
-    saved = [part.fp32_precision for part in parts]
-    for part in parts:
-        part.fp32_precision = "ieee"
-    return saved
+    """TF32 off for cuDNN through the legacy flag, which keeps the legacy and the per-operator
+    settings consistent (setting only the latter makes reading the former raise); through the
+    per-operator setting where they were already mixed. Returns what _tf32_restore needs."""
+    cudnn = torch.backends.cudnn
+    precisions = [part.fp32_precision for part in _tf32_parts()]
+    try:
+        legacy = cudnn.allow_tf32
+    except RuntimeError:  # mixed by someone else: the legacy flag cannot be read or used
+        cudnn.conv.fp32_precision = "ieee"
+        return precisions, None
+    cudnn.allow_tf32 = False
+    return precisions, legacy
 
 
 def _tf32_restore(saved) -> None:
-    if isinstance(saved, bool):
-        torch.backends.cudnn.allow_tf32 = saved
-        return
-    for part, precision in zip(_tf32_parts(), saved):
+    precisions, legacy = saved
+    if legacy is not None:
+        torch.backends.cudnn.allow_tf32 = legacy
+    for part, precision in zip(_tf32_parts(), precisions):
         part.fp32_precision = precision
 
 

@@ -40,7 +40,9 @@ def resolve_output_device(output_device: str | torch.device | None, device: torc
     output_device = torch.device(output_device)
     if output_device.type == device.type and output_device.index is None:
         return device
-    return resolve_device(output_device) if output_device.type == "cuda" else output_device
+    if output_device.type == "cuda" and output_device.index is None:
+        return resolve_device(output_device)  # the current CUDA device, as torch would take it
+    return output_device
 
 
 def resolve_dtype(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
