@@ -18,6 +18,7 @@ from rt4ksr_nodes import upscale
 from rt4ksr_nodes.engine import upscale_frames
 from rt4ksr_nodes.engine.cpu import tune_allocator
 from rt4ksr_nodes.engine.device import resolve_device
+from rt4ksr_nodes.engine.inference import network_input
 from rt4ksr_nodes.engine import network
 from rt4ksr_nodes.engine.network import ChannelsLastLayerNorm, ConvGELU, write_blocks
 from rt4ksr_nodes.engine.prepare import accelerated, prepared
@@ -165,13 +166,18 @@ def test_compiled_network_matches_on_cpu(fused_models):
                                torch.device("cpu"), "always")
     for height, width in [(48, 64), (64, 48), (50, 80)]:
         image = crop("Set5", 2, height, width)
-        x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # a fallback to eager would warn
-            out = runner(x)
+            out = runner(_engine_input(image, torch.device("cpu"), torch.float32))
         assert runner.compiled
         expected = reference(model, image)
         assert (as_image(out, 3) - expected).abs().max() <= 1e-5
+
+
+def _engine_input(image: torch.Tensor, device, dtype) -> torch.Tensor:
+    """The network's input as the engine makes it (network_input, under inference mode when
+    the caller is): built any other way, dynamo would compile once more for the engine."""
+    return network_input(image.permute(0, 3, 1, 2), device, dtype)
 
 
 def _quantised(model, frame: np.ndarray) -> torch.Tensor:
@@ -307,9 +313,8 @@ def test_cuda_compiled_network_matches(fused_models):
     device = resolve_device("cuda")
     runner = accel.Accelerated(prepared(model, device, torch.float16), device, "always")
     image = crop("Set5", 2, 96, 128)
-    x = image.permute(0, 3, 1, 2).to(device, torch.float16).contiguous(
-        memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), runner.stream():
+        x = _engine_input(image, device, torch.float16)
         outputs = [runner(x).clone() for _ in range(accel.GRAPH_AFTER + 1)]
     if not runner.compiled:
         pytest.skip("torch.compile unavailable here (fell back to eager)")
@@ -318,7 +323,7 @@ def test_cuda_compiled_network_matches(fused_models):
 
 
 @needs_cuda
-def test_cuda_stream_compiles_in_the_background(fused_models, monkeypatch):
+def test_cuda_stream_compiles_in_the_background(fused_models):
     """RT4KSR_COMPILE=auto on a real GPU: a stream of frames goes on eager while the compiler
     works (graphs meanwhile), then switches to the compiled kernels; every frame right."""
     model = fused_models[2]
