@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from collections.abc import Callable
 
@@ -182,7 +183,7 @@ def _check(model, image: torch.Tensor, tile_size: int, alpha: str) -> tuple[int,
         raise ValueError(f"image must have 1 to 4 channels (gray, gray + alpha, RGB, RGBA), got {image.shape[-1]}")
     if model.in_channels != 3:
         raise ValueError(f"only RGB models are supported, this one takes {model.in_channels}")
-    if not isinstance(tile_size, int) or isinstance(tile_size, bool):
+    if not isinstance(tile_size, numbers.Integral) or isinstance(tile_size, bool):
         raise TypeError(f"tile_size must be a whole number (0 = automatic), got {tile_size!r}")
     if tile_size != 0 and tile_size < MIN_TILE:
         raise ValueError(f"tile_size must be 0 (automatic) or at least {MIN_TILE}")
