@@ -201,6 +201,15 @@ def test_server_runs_the_packs_input_checks(server):
         http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})
     errors = json.loads(refused.value.read())["node_errors"][upscaler]["errors"]
     assert any("tile_size must be 0 (automatic) or 32" in e["details"] for e in errors)
+    # Not a number through the API: ComfyUI's own conversion error and ours, no exception.
+    prompt[upscaler]["inputs"]["tile_size"] = "abc"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})
+    answer = json.loads(refused.value.read())
+    errors = answer["node_errors"][upscaler]["errors"]
+    assert {e["type"] for e in errors} == {"invalid_input_type", "custom_validation_failed"}
+    assert any("tile_size must be a whole number, got 'abc'" in e["details"] for e in errors)
+    assert "exception" not in json.dumps(answer["error"]).lower()
     prompt["90"] = {"class_type": "PrimitiveInt", "inputs": {"value": 64}}
     prompt[upscaler]["inputs"]["tile_size"] = ["90", 0]
     assert http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test", "number": -1})["prompt_id"]
