@@ -101,13 +101,14 @@ def _open(path: Path, max_pixels: int):
 
 
 def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95,
-                text: dict[str, str] | None = None) -> None:
+                text: dict[str, str] | None = None, overwrite: bool = True) -> None:
     """Write atomically: a temporary file in the destination folder, then os.replace.
 
     The format follows the extension; 16-bit data goes to PNG and TIFF at 16 bits and to the
     8-bit formats (JPEG, WebP, BMP) quantised to 8 bits. `quality` (1-100) is the JPEG and
     (lossy) WebP quality; the other formats are lossless and ignore it. `text` becomes PNG
-    text chunks (ComfyUI's workflow metadata); other formats have no place for it.
+    text chunks (ComfyUI's workflow metadata); other formats have no place for it. With
+    `overwrite=False` an existing file is never replaced (FileExistsError).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -115,7 +116,7 @@ def write_image(path: str | os.PathLike, picture: Picture, quality: int = 95,
         raise ValueError(f"{path}: unknown output format {suffix!r}")
     if not 1 <= quality <= 100:
         raise ValueError(f"{path}: quality must be 1-100, got {quality}")
-    with atomic_write(path) as out:
+    with atomic_write(path, overwrite=overwrite) as out:
         _write(out, path, suffix, picture, quality, text or {})
 
 

@@ -16,6 +16,7 @@ from runner_helpers import (  # noqa: F401 - fixture
     batch_api, editor_graph, editor_node, folders, scale_api, write_png)
 from rt4ksr_nodes import comfy_bridge as bridge
 from rt4ksr_nodes.runner import cli
+from rt4ksr_nodes.runner.execute import Runner
 
 
 @pytest.fixture(autouse=True)
@@ -162,13 +163,27 @@ def test_usage_errors(folders, tmp_path, capsys):
     assert main(folders, shared_path("workflows", "scale_api_prompt.json"), "--device", "warp9") == 2
 
 
-def test_ctrl_c_sets_the_flag_then_stops_at_once(folders):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("in_node", [True, False])
+def test_ctrl_c_sets_the_flag_then_stops_at_once(folders, signum, in_node):
+    """SIGTERM (schedulers, containers) is handled as Ctrl-C. The second stops at once: a
+    KeyboardInterrupt only while a node runs (anywhere else it could cut the bookkeeping short)."""
+    runner = Runner({}, {})
+    runner.in_node = in_node
     out = cli._Output(as_json=True)
-    with cli._interrupt_handler(out):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert bridge.headless.interrupt.is_set()
+    with cli._interrupt_handler(out, runner) as handler:
+        os.kill(os.getpid(), signum)
+        assert bridge.headless.interrupt.is_set() and not runner.hurry.is_set()
+        if in_node:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signum)
+        else:
+            os.kill(os.getpid(), signum)
+        assert runner.hurry.is_set()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    assert handler.signal == signum
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_module_entry_point_with_default_folders(tmp_path):
@@ -250,10 +265,10 @@ def test_second_ctrl_c_still_ends_with_a_summary_and_the_resume_hint(tmp_path):
         process.kill()
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    final = [json.loads(line) for line in out.splitlines()][-3:]
-    assert final[0]["event"] == "stopping"
-    assert final[1]["event"] == "summary" and final[1]["interrupted"] is True and final[1]["done"] == 0
-    assert final[2]["event"] == "interrupted" and "--resume" in final[2]["message"]
+    final = [json.loads(line) for line in out.splitlines()][-4:]
+    assert [e["event"] for e in final[:2]] == ["stopping", "stopping_now"]
+    assert final[2]["event"] == "summary" and final[2]["interrupted"] is True and final[2]["done"] == 0
+    assert final[3]["event"] == "interrupted" and "--resume" in final[3]["message"]
 
 
 @pytest.mark.parametrize("document,message", [
