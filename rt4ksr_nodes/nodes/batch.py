@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, brief, inside, name_problem
+from ..fileio import UnsafePathError, brief, inside, name_problem, shorten
 from ..imageio import IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
 from .common import CATEGORY
 
@@ -327,7 +327,7 @@ class RT4KSRSaveImageBatch:
             relative = str(source.parent / (name + FORMATS[format]))
             problem = name_problem(relative)
             if problem:
-                raise ValueError(f"{path}: cannot save as {brief(relative)}: {problem}")
+                raise ValueError(f"{shorten(str(path), 200)}: cannot save as {brief(relative)}: {problem}")
             targets.append(inside(base, relative))  # a source path with .. stays in subfolder
         return targets
 
