@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
+import os
 import signal
 import sys
 import tempfile
@@ -133,6 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     out.close()
     code = _exit_code(summary, out, handler.signal)
     return FAILED if problems and code == OK else code
+
+
+def run() -> None:
+    """The command: exit with main()'s code. A stopped run exits at once, its results written
+    and its output flushed: the interpreter's teardown of torch alone takes a second or two,
+    which a second Ctrl-C or a scheduler's grace period should not wait for."""
+    code = main()
+    if code in STOPPED.values():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _check_writable(folder: Path) -> None:
