@@ -101,13 +101,13 @@ def write_first_free(names: Iterable[Path], write: Callable[[BinaryIO], None]) -
     return taken[0]
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that killed writers of this pack left in `folder` and its
-    subfolders (a live writer's file is locked and kept); returns how many. Without file locks
-    (Windows) nothing is removed."""
+    subfolders (those of writers still at work are locked and kept); returns them. Without
+    file locks (Windows) nothing is removed."""
+    removed = []
     if fcntl is None:
-        return 0
-    removed = 0
+        return removed
     for root, _, files in os.walk(folder):
         for name in files:
             if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
@@ -119,9 +119,9 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
                         continue  # perhaps created a moment ago and not locked yet
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     os.unlink(path)
-                    removed += 1
             except OSError:  # locked (a writer is at work), or already gone
                 continue
+            removed.append(Path(path))
     return removed
 
 

@@ -241,7 +241,7 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(tmp_path):
         os.utime(path, (time.time() - 60, time.time() - 60))
     with open(live, "rb") as writer:
         fcntl.flock(writer, fcntl.LOCK_EX)  # a writer at work
-        assert fileio.remove_stale_temps(tmp_path) == 1
+        assert fileio.remove_stale_temps(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and foreign.exists()
 
 

@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         out.error(str(error))
         return INVALID
-    removed = remove_stale_temps(bridge.directory("output"))
+    removed = len(remove_stale_temps(bridge.directory("output")))
     if removed:
-        out.message(f"removed {removed} temporary files left by an interrupted run",
+        out.message(f"removed {removed} temporary files left by a killed run",
                     {"event": "cleaned", "temporary_files": removed})
     core_nodes.clear_previews()
     options = dict(outputs=runnable, extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs,
