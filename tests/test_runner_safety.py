@@ -19,7 +19,7 @@ from PIL import Image, ImageCms
 
 from ground_truth import ROOT
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
-from rt4ksr_nodes import fileio
+from rt4ksr_nodes import comfy_bridge as bridge, fileio
 from rt4ksr_nodes.nodes import batch
 from rt4ksr_nodes.runner import cli, core_nodes, registry
 from rt4ksr_nodes.runner.execute import Runner
@@ -431,3 +431,28 @@ def test_load_image_warns_on_16_bit_grayscale_and_keeps_parity(folders):
     expected = np.minimum(ramp, 255).astype(np.uint8)
     assert np.array_equal(saved[..., 0], expected) and saved.mean() > 200
     assert np.abs(batch.read_image(input_dir / "g16.png").pixels[..., 0] * 65535 - ramp).max() < 1  # ours: right
+
+
+# -- 19.10: Cancel while saving: every file written is reported ---------------------------------------
+
+def test_cancel_while_saving_reports_every_file_written(folders, monkeypatch):
+    """ComfyUI calls the saver once with the whole list; Cancel stops it between images and
+    the UI result (ComfyUI's history) lists exactly the files on disk."""
+    saver = batch.RT4KSRSaveImageBatch()
+    save = saver.save
+
+    def save_then_cancel(**one):
+        result = save(**one)
+        bridge.headless.interrupt.set()  # Cancel pressed while the first image was saved
+        return result
+
+    monkeypatch.setattr(saver, "save", save_then_cancel)
+    images = [torch.rand(1, 4, 4, 3) for _ in range(3)]
+    result = saver.save_list(images=images, path=["a.png", "b.png", "c.png"], name_template=["{stem}"],
+                             subfolder=[""], format=["png"], bit_depth=["8"], quality=[95], prompt=[{}])
+    assert [i["filename"] for i in result["ui"]["images"]] == images_in(folders[1]) == ["a.png"]
+    assert "Cancelled" in result["ui"]["text"][0]
+    bridge.headless.interrupt.clear()
+    result = batch.RT4KSRSaveImageBatch().save_list(images=images, path=["a.png", "b.png", "c.png"], name_template=["{stem}"],
+                             subfolder=["more"], format=["png"], bit_depth=["8"], quality=[95], prompt=[{}])
+    assert len(result["ui"]["images"]) == 3 and "text" not in result["ui"]

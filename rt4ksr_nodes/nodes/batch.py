@@ -289,8 +289,12 @@ class RT4KSRSaveImageBatch:
     RETURN_TYPES = ()
     RETURN_NAMES = ()
     OUTPUT_TOOLTIPS = ()
-    FUNCTION = "save"
+    FUNCTION = "save_list"
     OUTPUT_NODE = True
+    # Lists in one call only to see Cancel between images (save_list); the images are saved
+    # independently, so the headless runner still streams through this node.
+    INPUT_IS_LIST = True
+    ELEMENTWISE = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -336,6 +340,10 @@ class RT4KSRSaveImageBatch:
         """Refuse, before any image is computed, names that could never be written (a dummy
         source stands in for the paths that come from the loader) and a bit depth the format
         cannot store. Linked values (None here) are checked when the images are saved."""
+        # ComfyUI passes the values of an INPUT_IS_LIST node as lists.
+        name_template, subfolder, format, bit_depth = (
+            value[0] if isinstance(value, list) and len(value) == 1 else value
+            for value in (name_template, subfolder, format, bit_depth))
         if format is not None and format not in FORMATS:
             return f"format {brief(format)} is not one of {list(FORMATS)}"
         if bit_depth is not None and bit_depth not in BIT_DEPTHS:
@@ -365,6 +373,22 @@ class RT4KSRSaveImageBatch:
         if overwrite is True or not cls.output_complete(path, name_template, subfolder, format):
             return None
         return _exists(cls.targets(path, name_template, subfolder, format)[0])
+
+    def save_list(self, **lists):
+        """Every image of ComfyUI's list in one call (inputs are lists; shorter ones repeat
+        their last value). ComfyUI checks Cancel before each call of a node and drops the UI
+        results of a node it stops, so with one call per image the files saved before a Cancel
+        were missing from the history. Here Cancel stops between images, and every file
+        written is reported."""
+        count = max(len(values) for values in lists.values())
+        results = []
+        for index in range(count):
+            if index and bridge.cancel_requested():
+                note = f"Cancelled: {len(results)} files saved, for {index} of the {count} images"
+                return {"ui": {"images": results, "text": [note]}}
+            one = {name: values[min(index, len(values) - 1)] for name, values in lists.items()}
+            results += self.save(**one)["ui"]["images"]
+        return {"ui": {"images": results}}
 
     def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None, overwrite=False,
              prompt=None, extra_pnginfo=None):

@@ -6,7 +6,8 @@ receives lists is called once per element (shorter lists repeat their last eleme
 results are collected into lists; OUTPUT_IS_LIST outputs are concatenated.
 
 Streaming: when one node is a stream source (it has `stream_items` and `stream_load`, like Load
-Image Folder) and nothing after it takes whole lists (INPUT_IS_LIST), the nodes that do not
+Image Folder) and nothing after it takes whole lists (INPUT_IS_LIST, unless the node says it
+treats each element apart: ELEMENTWISE), the nodes that do not
 depend on it run once, then the nodes after it run once per item. Each item is computed
 exactly as ComfyUI would compute that element of the list, but only a few items are in memory:
 a bounded prefetch queue decodes ahead on a thread, and a bounded writer pool encodes behind.
@@ -204,7 +205,8 @@ class Runner:
         sources = [n for n in self.order if _is_stream_source(self._class(n))]
         stream = sources[0] if len(sources) == 1 else None
         after = self._dependants(stream) if stream else set()
-        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)]
+        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)
+                 and not getattr(self._class(n), "ELEMENTWISE", False)]
         if len(sources) > 1 or whole:
             why = (f"{len(sources)} folder sources (nodes {', '.join(sources)})" if len(sources) > 1
                    else f"node {whole[0]} ({self.prompt[whole[0]]['class_type']}) takes the whole list")
