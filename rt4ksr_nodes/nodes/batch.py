@@ -56,7 +56,9 @@ class RT4KSRLoadImageFolder:
     DESCRIPTION = (
         "Loads every image of a folder inside the input folder (PNG, JPEG, WebP, TIFF, BMP; 8 or "
         "16 bits), in sorted order, as a list: the nodes after it run once per image. The path "
-        "output carries each file's path relative to the folder, for Save Image Batch."
+        "output carries each file's path relative to the folder, for Save Image Batch. The files "
+        "the Save Image Batch nodes it feeds would write are never loaded, and their names are "
+        "checked before any image is computed."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
@@ -283,7 +285,8 @@ class RT4KSRSaveImageBatch:
         "Saves each image under the output folder with its source's relative path and a name "
         "template ({stem}: source name without extension; {ext}, {width}, {height}), as PNG, "
         "JPEG, WebP or TIFF at 8 or 16 bits (16: PNG and TIFF). A mask, when not all zero, "
-        "is written as alpha."
+        "is written as alpha; the source's colour profile is kept. An existing file is never "
+        "replaced unless overwrite is on."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
