@@ -34,6 +34,7 @@ FILE_MODE = 0o666 & ~_read_umask()
 # run can tell this pack's leftovers from anything else.
 TEMP_SUFFIX = ".rt4ksr.part"
 NAME_MAX = 255  # bytes in one file name (Linux, macOS; Windows counts UTF-16 units)
+PATH_MAX = 4096  # bytes in a path (Linux)
 STALE_AFTER = 1.0  # seconds: an unlocked temp file this old is a killed writer's leftover
 
 
@@ -126,7 +127,10 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 
 def name_problem(path: str | os.PathLike) -> str | None:
-    """Why `path` could not be created because of a too long name part, or None."""
+    """Why `path` could not be created because it or a name in it is too long, or None."""
+    size = len(os.fsencode(path))
+    if size > PATH_MAX:
+        return f"the path {brief(str(path))} is {size} bytes long; paths can have at most {PATH_MAX}"
     for part in Path(path).parts:
         if len(os.fsencode(part)) > NAME_MAX:
             return (f"the name {brief(part)} is {len(os.fsencode(part))} bytes long; file and folder "
@@ -149,13 +153,18 @@ def shorten(text: str, limit: int = 2000) -> str:
 
 
 class UnsafePathError(ValueError):
-    """A workflow asked for a file outside the folder it may use."""
+    """A workflow asked for a file outside the folder it may use, or named one that no file
+    system can hold."""
 
 
 def inside(base: str | os.PathLike, relative: str) -> Path:
-    """`base / relative`, refused when `relative` is absolute (POSIX, or with a Windows drive) or
-    leads out of `base` by `..` or through a symlink (both resolved before comparing)."""
+    """`base / relative`, refused when `relative` is absolute (POSIX, or with a Windows drive),
+    leads out of `base` by `..` or through a symlink (both resolved before comparing), or holds
+    a name too long to create."""
     root = Path(base).resolve()
+    too_long = name_problem(relative)
+    if too_long:
+        raise UnsafePathError(too_long)
     if os.path.isabs(relative) or relative.startswith("/") or Path(relative).drive:
         raise UnsafePathError(f"{relative!r}: absolute paths are not allowed; give a path inside {root}")
     target = (root / relative).resolve()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,8 +395,14 @@ def test_a_huge_set_value_is_not_echoed_in_full(folders, tmp_path, capsys):
     write_png(input_dir / "a.png", (8, 8))
     path = workflow(tmp_path, scale_api())
     huge = "v" * 120_000
-    for override in (f"1.image={huge}", f"2.scale_by={huge}", f"3.filename_prefix={huge}", f"nope={huge}"):
-        assert main(input_dir, output_dir, path, "--json", "--set", override) == 2
+    batch_path = str(tmp_path / "batch.json")
+    Path(batch_path).write_text(json.dumps(batch_api()))
+    for workflow_path, override in [
+        (path, f"1.image={huge}"), (path, f"2.scale_by={huge}"), (path, f"3.filename_prefix={huge}"),
+        (path, f"nope={huge}"), (batch_path, f"1.folder={'v/' * 60_000}"), (batch_path, f"3.subfolder={huge}"),
+        (batch_path, f"1.pattern={huge}"), (batch_path, f"3.name_template={huge}"),
+    ]:
+        assert main(input_dir, output_dir, workflow_path, "--json", "--set", override) == 2
         out = capsys.readouterr().out
         assert 0 < len(out) < 3000 and "characters left out" in out, out[:300]
 
