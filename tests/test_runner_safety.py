@@ -68,6 +68,20 @@ def test_batch_never_reads_back_its_own_outputs(tmp_path, capsys, output, recurs
     assert written == [f"{prefix}f{i:03}--2x.png" for i in range(3)]
 
 
+@pytest.mark.parametrize("prefix", ["x", "sub/x"])
+def test_batch_never_reads_back_save_images_numbered_files(tmp_path, capsys, prefix):
+    input_dir = tmp_path / "input"
+    for i in range(2):
+        write_png(input_dir / f"f{i}.png", (8, 8), seed=i)
+    prompt = batch_api(recursive=True)
+    prompt["3"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}
+    path = workflow(tmp_path, prompt)
+    for _ in range(2):
+        assert main(input_dir, input_dir, path, "--json") == 0
+        assert events(capsys)[-1]["total"] == 2
+    assert len(images_in(input_dir)) == 6
+
+
 def test_an_item_saved_over_itself_is_refused_before_any_compute(tmp_path, capsys):
     input_dir = tmp_path / "input"
     write_png(input_dir / "a.png", (8, 8))

@@ -15,6 +15,8 @@ import fnmatch
 import hashlib
 import json
 import logging
+import os
+import re
 import string
 from pathlib import Path, PurePosixPath
 
@@ -96,24 +98,26 @@ class RT4KSRLoadImageFolder:
 
     @classmethod
     def _items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> tuple[list[str], list[str]]:
-        """The matching images and notes on what was left out. The files that a Save Image
-        Batch fed by this loader (in `prompt`) writes are left out: a folder batch never reads
-        its own outputs, even with the output folder inside the input folder. Raises
-        ValueError, before any image is computed, when two sources would be saved under one
-        name or a source under its own name."""
+        """The matching images and notes on what was left out. The files this workflow
+        (`prompt`) writes are left out: those of the Save Image Batch nodes this loader feeds,
+        and Save Image's numbered files; a folder batch never reads its own outputs, even with
+        the output folder inside the input folder. Raises ValueError, before any image is
+        computed, when two sources would be saved under one name or a source under its own."""
         root = cls._root(folder)
         names, notes = _listing(root, folder, pattern, recursive)
         outputs = {}
         for saver in _savers(prompt, unique_id):
             outputs.update(_plan_names(root, names, saver, outputs))
-        own = [n for n in names if (root / n).resolve() in outputs]
+        numbered = _numbered_outputs(prompt)
+        own = {n for n in names if (path := (root / n).resolve()) in outputs
+               or any(path.parent == where and name.fullmatch(path.name) for where, name in numbered)}
         if own:
             notes.append(f"left out {len(own)} file{'s' * (len(own) > 1)} that this workflow writes "
-                         f"(e.g. {own[0]}): a folder batch never reads its own outputs")
-            names = [n for n in names if n not in set(own)]
+                         f"(e.g. {min(own)}): a folder batch never reads its own outputs")
+            names = [n for n in names if n not in own]
             if not names:
-                raise FileNotFoundError(f"every image in {folder!r} matching {pattern!r} is an output of this "
-                                        "workflow; nothing is left to load")
+                raise FileNotFoundError(f"every image in {brief(folder)} matching {brief(pattern)} is an output "
+                                        "of this workflow; nothing is left to load")
         return names, notes
 
     @classmethod
@@ -242,6 +246,25 @@ def _savers(prompt, unique_id) -> list[dict]:
         if isinstance(link, list) and len(link) == 2 and str(link[0]) == str(unique_id) and link[1] == PATH_SLOT and named:
             savers.append(inputs)
     return savers
+
+
+def _numbered_outputs(prompt) -> list[tuple[Path, re.Pattern]]:
+    """(folder, file name pattern) of the files the Save Image nodes in `prompt` number
+    (`x_00001_.png`), for prefixes given as plain values without %date% tokens."""
+    if not isinstance(prompt, dict):
+        return []
+    found = []
+    for node in prompt.values():
+        prefix = (node.get("inputs") or {}).get("filename_prefix") if isinstance(node, dict) else None
+        if node.get("class_type") != "SaveImage" or not isinstance(prefix, str) or "%" in prefix:
+            continue
+        normal = os.path.normpath(prefix)
+        try:
+            where = inside(bridge.directory("output"), os.path.dirname(normal) or ".")
+        except UnsafePathError:
+            continue
+        found.append((where, re.compile(re.escape(os.path.basename(normal)) + r"_\d{5,}_\.png", re.IGNORECASE)))
+    return found
 
 
 def _plan_names(root: Path, names: list[str], saver: dict, taken: dict[Path, str]) -> dict[Path, str]:
