@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -214,61 +213,6 @@ def test_object_info_lets_foreign_nodes_convert_and_validate_but_not_run(folders
                        "PrimitiveInt"}
     assert main(folders, sampler, "--json", "--validate-only", "--object-info", sampler) == 2
     assert "not a ComfyUI /object_info document" in events(capsys)[0]["message"]
-
-
-SLOW_RUNNER = """
-import sys, time
-from pathlib import Path
-from rt4ksr_nodes.runner import cli, registry
-
-class Slow:
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",)}}
-
-    def run(self, image):
-        Path(sys.argv[1]).touch()  # tells the test the model is busy
-        time.sleep(60)
-        return (image,)
-
-registry.register("Slow", Slow)
-sys.exit(cli.main(sys.argv[2:]))
-"""
-
-
-def test_second_ctrl_c_still_ends_with_a_summary_and_the_resume_hint(tmp_path):
-    for name in ("a", "b", "c"):
-        write_png(tmp_path / "input" / f"{name}.png")
-    prompt = batch_api()
-    prompt["4"] = {"class_type": "Slow", "inputs": {"image": ["2", 0]}}
-    prompt["3"]["inputs"]["images"] = ["4", 0]
-    (tmp_path / "wf.json").write_text(json.dumps(prompt))
-    (tmp_path / "slow.py").write_text(SLOW_RUNNER)
-    busy = tmp_path / "busy"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "slow.py", str(busy), "wf.json", "--json"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            if busy.exists() or process.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert busy.exists(), process.communicate(timeout=5)
-        process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
-    assert "Traceback" not in err
-    final = [json.loads(line) for line in out.splitlines()][-4:]
-    assert [e["event"] for e in final[:2]] == ["stopping", "stopping_now"]
-    assert final[2]["event"] == "summary" and final[2]["interrupted"] is True and final[2]["done"] == 0
-    assert final[3]["event"] == "interrupted" and "--resume" in final[3]["message"]
 
 
 @pytest.mark.parametrize("document,message", [

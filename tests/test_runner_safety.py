@@ -281,11 +281,11 @@ from rt4ksr_nodes import comfy_bridge as bridge
 from rt4ksr_nodes.nodes import batch
 from rt4ksr_nodes.runner import cli, registry
 
-BUSY, COMPUTE, WRITE = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+BUSY, COMPUTE, WRITE, CHECKS = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "checks"
 
 
 class Wait:
-    '''Busy until interrupted, as the engine is: it checks the interrupt flag.'''
+    '''Busy for COMPUTE seconds; stops early when interrupted, as the engine does, if CHECKS.'''
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "run"
 
@@ -296,7 +296,7 @@ class Wait:
     def run(self, image):
         BUSY.touch()
         for _ in range(int(COMPUTE * 100)):
-            if bridge.interrupted():
+            if CHECKS and bridge.interrupted():
                 raise RuntimeError("cancelled")
             time.sleep(0.01)
         return (image,)
@@ -308,12 +308,12 @@ def write_image(*args, **kwargs):  # slow encoders: a backlog of writes builds u
 batch.write_image = write_image
 
 registry.register("Wait", Wait)
-sys.argv[1:] = sys.argv[4:]
+sys.argv[1:] = sys.argv[5:]
 cli.run()
 """
 
 
-def _start(tmp_path, items: int, compute: float, write: float, *args):
+def _start(tmp_path, items: int, compute: float, write: float, *args, checks=True):
     input_dir, output_dir = tmp_path / "input", tmp_path / "output"
     for i in range(items):
         write_png(input_dir / f"f{i:02}.png", (8, 8), seed=i)
@@ -324,7 +324,8 @@ def _start(tmp_path, items: int, compute: float, write: float, *args):
     busy = tmp_path / "busy"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "stoppable.py", str(busy), str(compute), str(write), workflow(tmp_path, prompt), "--json",
+        [sys.executable, "stoppable.py", str(busy), str(compute), str(write), "checks" if checks else "stuck",
+         workflow(tmp_path, prompt), "--json",
          "--input-dir", str(input_dir), "--output-dir", str(output_dir), *args],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
@@ -348,6 +349,23 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path):
     assert final[-2]["event"] == "summary" and final[-2]["interrupted"] is True
     assert final[-1]["event"] == "interrupted"
     assert list(output_dir.rglob(f"*{fileio.TEMP_SUFFIX}")) == []
+
+
+def test_a_second_ctrl_c_stops_a_node_that_does_not_stop_by_itself(tmp_path):
+    process, _ = _start(tmp_path, 3, 60, 0, checks=False)
+    try:
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    final = [json.loads(line) for line in out.splitlines()][-4:]
+    assert [e["event"] for e in final[:2]] == ["stopping", "stopping_now"]
+    assert final[2]["event"] == "summary" and final[2]["interrupted"] is True and final[2]["done"] == 0
+    assert final[3]["event"] == "interrupted" and "--resume" in final[3]["message"]
 
 
 def test_a_second_ctrl_c_reports_exactly_the_files_on_disk(tmp_path):
