@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, brief, inside, name_problem, shorten
+from ..fileio import UnsafePathError, brief, inside
 from ..imageio import IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
 from .common import CATEGORY
 
@@ -227,7 +227,7 @@ def _listing(root: Path, folder: str, pattern: str, recursive: bool) -> tuple[li
         if others:
             why = (f": {len(others)} file{'s' * (len(others) > 1)} match{'es' * (len(others) == 1)} (e.g. "
                    f"{brief(min(others))}) but this loader reads only PNG, JPEG, WebP, TIFF and BMP")
-        raise FileNotFoundError(f"no image in {folder!r} matches {brief(pattern)} (searched {searched}){why}")
+        raise FileNotFoundError(f"no image in {brief(folder)} matches {brief(pattern)} (searched {searched}){why}")
     return sorted(names), notes
 
 
@@ -239,7 +239,7 @@ def _savers(prompt, unique_id) -> list[dict]:
     savers = []
     for node in prompt.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
-        if node.get("class_type") != "RT4KSRSaveImageBatch" or not isinstance(inputs, dict):
+        if not isinstance(inputs, dict) or node.get("class_type") != "RT4KSRSaveImageBatch":
             continue
         link = inputs.get("path")
         named = all(isinstance(inputs.get(k), str) for k in ("name_template", "subfolder", "format"))
@@ -255,8 +255,9 @@ def _numbered_outputs(prompt) -> list[tuple[Path, re.Pattern]]:
         return []
     found = []
     for node in prompt.values():
-        prefix = (node.get("inputs") or {}).get("filename_prefix") if isinstance(node, dict) else None
-        if node.get("class_type") != "SaveImage" or not isinstance(prefix, str) or "%" in prefix:
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        prefix = inputs.get("filename_prefix") if isinstance(inputs, dict) else None
+        if not isinstance(prefix, str) or node.get("class_type") != "SaveImage" or "%" in prefix:
             continue
         normal = os.path.normpath(prefix)
         try:
@@ -286,8 +287,9 @@ def _plan_names(root: Path, names: list[str], saver: dict, taken: dict[Path, str
 
 
 def _refuse_existing(root: Path, names: list[str], savers: list[dict]) -> None:
-    """Inside ComfyUI: refuse, before any image is computed, a batch some of whose outputs
-    already exist and may not be replaced (the headless runner decides per item instead)."""
+    """When the loader gives the whole list (inside ComfyUI): refuse, before any image is
+    computed, a batch some of whose outputs exist and may not be replaced (the runner's stream
+    decides per item instead, where --resume may skip them)."""
     for saver in savers:
         if saver.get("overwrite") is True:
             continue
@@ -352,14 +354,8 @@ class RT4KSRSaveImageBatch:
         stem = _render(name_template, stem=source.stem, ext=source.suffix[1:], width=width, height=height)
         names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
         base = inside(bridge.directory("output"), subfolder or ".")
-        targets = []
-        for name in names:
-            relative = str(source.parent / (name + FORMATS[format]))
-            problem = name_problem(relative)
-            if problem:
-                raise ValueError(f"{shorten(str(path), 200)}: cannot save as {brief(relative)}: {problem}")
-            targets.append(inside(base, relative))  # a source path with .. stays in subfolder
-        return targets
+        # inside() again: a source path with .. stays in subfolder, and too long names are refused.
+        return [inside(base, str(source.parent / (name + FORMATS[format]))) for name in names]
 
     @classmethod
     def VALIDATE_INPUTS(cls, name_template=None, subfolder=None, format=None, bit_depth=None):
