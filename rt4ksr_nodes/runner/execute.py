@@ -190,7 +190,7 @@ class Runner:
             else:
                 self._run_once(summary)
         except (Interrupted, KeyboardInterrupt):
-            # KeyboardInterrupt: a third Ctrl-C, for a node that does not stop by itself; the
+            # KeyboardInterrupt: a second Ctrl-C while a node runs (or a third anywhere); the
             # items reported are still complete, so the summary still counts them for --resume.
             summary.interrupted = True
         finally:
