@@ -366,6 +366,9 @@ def test_folder_loader_skips_symlinks_out_of_the_input_folder(folders, tmp_path,
     os.symlink(folders[0] / "set" / "a.png", folders[0] / "set" / "alias.png")  # stays inside: kept
     assert batch.RT4KSRLoadImageFolder.stream_items("set", "*", False) == ["a.png", "alias.png"]
     assert "link.png" in caplog.text and "outside" in caplog.text
+    result = batch.RT4KSRLoadImageFolder().load("set", "*", False)  # in ComfyUI: said on the node
+    assert result["result"][2] == ["a.png", "alias.png"]
+    assert len(result["ui"]["text"]) == 1 and "link.png" in result["ui"]["text"][0]
 
 
 @pytest.mark.parametrize("bits", ["8", "16"])
