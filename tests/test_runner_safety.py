@@ -336,16 +336,25 @@ def _start(tmp_path, items: int, compute: float, write: float, *args, checks=Tru
     return process, output_dir
 
 
-def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path):
-    process, output_dir = _start(tmp_path, 3, 60, 0)
+def _stop(process, *steps) -> tuple[list[dict], str, float]:
+    """Send each (pause before it, signal) in turn; returns the JSON events, stderr and the
+    seconds from the last signal to the exit."""
     try:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
+        for pause, signum in steps:
+            time.sleep(pause)
+            sent = time.perf_counter()
+            process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+        return [json.loads(line) for line in out.splitlines()], err, time.perf_counter() - sent
     finally:
         process.kill()
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path):
+    process, output_dir = _start(tmp_path, 3, 60, 0)
+    final, err, _ = _stop(process, (0, signal.SIGTERM))
     assert process.returncode == 143, err
     assert "Traceback" not in err
-    final = [json.loads(line) for line in out.splitlines()]
     assert final[-2]["event"] == "summary" and final[-2]["interrupted"] is True
     assert final[-1]["event"] == "interrupted"
     assert list(output_dir.rglob(f"*{fileio.TEMP_SUFFIX}")) == []
@@ -353,19 +362,12 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path):
 
 def test_a_second_ctrl_c_stops_a_node_that_does_not_stop_by_itself(tmp_path):
     process, _ = _start(tmp_path, 3, 60, 0, checks=False)
-    try:
-        process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
+    final, err, _ = _stop(process, (0, signal.SIGINT), (0.5, signal.SIGINT))
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    final = [json.loads(line) for line in out.splitlines()][-4:]
-    assert [e["event"] for e in final[:2]] == ["stopping", "stopping_now"]
-    assert final[2]["event"] == "summary" and final[2]["interrupted"] is True and final[2]["done"] == 0
-    assert final[3]["event"] == "interrupted" and "--resume" in final[3]["message"]
+    assert [e["event"] for e in final[-4:-2]] == ["stopping", "stopping_now"]
+    assert final[-2]["event"] == "summary" and final[-2]["interrupted"] is True and final[-2]["done"] == 0
+    assert final[-1]["event"] == "interrupted" and "--resume" in final[-1]["message"]
 
 
 def test_a_second_ctrl_c_reports_exactly_the_files_on_disk(tmp_path):
@@ -373,18 +375,8 @@ def test_a_second_ctrl_c_reports_exactly_the_files_on_disk(tmp_path):
     queued and running. The queued ones are dropped, the running ones finish, and the summary
     and the item events count exactly the outputs on disk."""
     process, output_dir = _start(tmp_path, 12, 0, 0.4, "--jobs", "2")
-    try:
-        time.sleep(0.6)
-        process.send_signal(signal.SIGINT)
-        time.sleep(0.1)
-        started = time.perf_counter()
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-        stopping = time.perf_counter() - started
-    finally:
-        process.kill()
+    lines, err, stopping = _stop(process, (0.6, signal.SIGINT), (0.1, signal.SIGINT))
     assert process.returncode == 130, err
-    lines = [json.loads(line) for line in out.splitlines()]
     summary = next(e for e in lines if e["event"] == "summary")
     reported = [f for e in lines if e["event"] == "item" for f in e["outputs"]]
     on_disk = images_in(output_dir)
