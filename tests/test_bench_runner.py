@@ -9,7 +9,7 @@ from PIL import Image
 
 from ground_truth import shared_path
 from engine_helpers import reference
-from runner_helpers import folders  # noqa: F401 - fixture
+from runner_helpers import folders, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes import bench, load_model
 from rt4ksr_nodes.bench_runner import folder_prompt
 from rt4ksr_nodes.runner import registry
@@ -17,7 +17,7 @@ from rt4ksr_nodes.runner.validate import validate
 
 
 def test_folder_workflow_is_valid(folders):
-    (folders[0] / "frames").mkdir()  # the benchmark writes its frames there
+    write_png(folders[0] / "frames" / "f.png")  # the benchmark writes its frames there
     assert validate(folder_prompt(), registry.node_classes()) == []
 
 

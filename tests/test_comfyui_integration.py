@@ -213,3 +213,85 @@ def test_server_runs_the_packs_input_checks(server):
     prompt["90"] = {"class_type": "PrimitiveInt", "inputs": {"value": 64}}
     prompt[upscaler]["inputs"]["tile_size"] = ["90", 0]
     assert http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test", "number": -1})["prompt_id"]
+
+
+def batch_prompt(folder: str, subfolder: str, **saver) -> dict:
+    """The folder batch example on `folder` (inside the input folder) into `subfolder`."""
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_folder_batch.api.json").read_text())
+    prompt["1"]["inputs"].update(folder=folder, pattern="*")
+    prompt["4"]["inputs"].update(subfolder=subfolder, **saver)
+    return prompt
+
+
+def refused(url: str, prompt: dict) -> list[str]:
+    """The server's validation errors for `prompt` (which it must refuse)."""
+    with pytest.raises(urllib.error.HTTPError) as error:
+        http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})
+    return [e["details"] for node in json.loads(error.value.read())["node_errors"].values() for e in node["errors"]]
+
+
+def test_batch_names_and_bit_depths_are_checked_by_the_servers_validator(server):
+    """Issue 19, items 5, 7 and 10: only the documented template fields (no format spec: no
+    10 MB message), names that are plain file names, no silent 8-bit '16-bit' JPEG."""
+    url, base = server
+    write_tiny(base / "input" / "checks", "a.png")
+    for saver, message in [
+        ({"name_template": "{stem:>10000000}"}, "'{stem:>10000000}' is not allowed"),
+        ({"name_template": "{stem.__class__}"}, "'{stem.__class__}' is not allowed"),
+        ({"name_template": ""}, "the file name is empty"),
+        ({"name_template": ".."}, "the file name is '..'"),
+        ({"format": "jpeg", "bit_depth": "16"}, "jpeg stores 8 bits per channel"),
+    ]:
+        details = refused(url, batch_prompt("checks", "checks_out", **saver))
+        assert any(message in d for d in details) and max(map(len, details)) < 1000, details
+    (base / "input" / "checks" / "empty").mkdir()
+    assert any("no image in 'checks/empty' matches '*'" in d for d in refused(url, batch_prompt("checks/empty", "x")))
+
+
+def write_tiny(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        Image.new("RGB", (8, 8), (index * 40, 90, 200)).save(folder / name)
+
+
+def test_batch_collisions_and_existing_outputs_are_refused_before_the_model_runs(server):
+    """Issue 19 item 4 and issue 13 item 3 in the server: `a.png` + `a.webp` with {stem}--2x,
+    and a second run over outputs that exist, fail at the loader, before any image is
+    computed; nothing is written, nothing replaced."""
+    url, base = server
+    write_tiny(base / "input" / "clash", "a.png", "a.webp")
+    history, prompt_id = run_prompt(url, base, batch_prompt("clash", "clash_out"))
+    status = history[prompt_id]["status"]
+    assert status["status_str"] == "error"
+    failure = next(m[1] for m in status["messages"] if m[0] == "execution_error")
+    # The loader runs before the model (node 3), so the model never ran.
+    assert failure["node_id"] == "1" and "would both be saved as" in failure["exception_message"]
+    assert not (base / "output" / "clash_out").exists()
+
+    write_tiny(base / "input" / "again", "b.png")
+    history, prompt_id = run_prompt(url, base, batch_prompt("again", "again_out"))
+    assert history[prompt_id]["status"]["status_str"] == "success"
+    saved = base / "output" / "again_out" / "b--2x.png"
+    before = saved.stat().st_mtime_ns
+    again = batch_prompt("again", "again_out")
+    again["1"]["inputs"]["pattern"] = "*.png"  # the loader runs again (not taken from ComfyUI's cache)
+    history, prompt_id = run_prompt(url, base, again)
+    failure = next(m[1] for m in history[prompt_id]["status"]["messages"] if m[0] == "execution_error")
+    assert failure["node_id"] == "1" and "already exist" in failure["exception_message"]
+    assert saved.stat().st_mtime_ns == before
+    again["4"]["inputs"]["overwrite"] = True
+    history, prompt_id = run_prompt(url, base, again)
+    assert history[prompt_id]["status"]["status_str"] == "success" and saved.stat().st_mtime_ns != before
+
+
+def test_folder_loader_says_what_it_skipped_on_the_node(server):
+    """Issue 19 item 10: a corrupt file is skipped, and the node's UI output (kept in the
+    history) says so; the run still succeeds with the others."""
+    url, base = server
+    write_tiny(base / "input" / "skips", "good.png")
+    (base / "input" / "skips" / "broken.png").write_bytes(b"\x89PNG broken")
+    history, prompt_id = run_prompt(url, base, batch_prompt("skips", "skips_out"))
+    entry = history[prompt_id]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert any("broken.png" in line for line in entry["outputs"]["1"]["text"])
+    assert [i["filename"] for i in entry["outputs"]["4"]["images"]] == ["good--2x.png"]

@@ -66,6 +66,10 @@ class RayRunner(Runner):
         super().__init__(prompt, classes, **options)
         self.address, self.workers = address, workers
 
+    def stop_now(self) -> bool:
+        super().stop_now()
+        return True  # waiting on the cluster: only a KeyboardInterrupt ends the wait at once
+
     def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
         ray = require_ray(self.address)
         static_nodes = [n for n in self.order if n != source and n not in after]
@@ -77,8 +81,11 @@ class RayRunner(Runner):
         rows = []
         for item in items:
             complete = self._complete(item, source, static)
+            existing = None if self.resume else self._existing(item, source, static)
             if self.resume and complete:
                 self._finish(summary, item, None, [], skipped=True)
+            elif existing:
+                self._finish(summary, item, f"{item}: {existing}", [])
             else:
                 rows.append({"item": item, "existed": complete})
         if not rows:
