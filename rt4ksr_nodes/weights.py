@@ -309,3 +309,33 @@ def ensure(
         raise
     except WeightsError as error:
         raise WeightsError(f"{error} {_local_report(release, candidates)}") from None
+
+
+def source_problem(name: str, *, search: Iterable[Path] = (), timeout: float = 5.0) -> str | None:
+    """Why `ensure(name, search=search)` could not obtain the release, found without installing
+    anything (a HEAD request at most, only when no verified copy is present); None if it can."""
+    release = releases()[name]
+    candidates = [weights_dir() / release.file, *(Path(folder) / release.file for folder in search)]
+    if any(is_verified(release, path) for path in candidates):
+        return None
+    source_dir = os.environ.get("RT4KSR_WEIGHTS_FROM")
+    if source_dir:
+        if is_verified(release, Path(source_dir) / release.file):
+            return None
+        reason = f"the offline source RT4KSR_WEIGHTS_FROM={source_dir} has no verified {release.file}"
+    else:
+        import requests
+
+        mirror = os.environ.get("RT4KSR_WEIGHTS_MIRROR")
+        url = f"{mirror.rstrip('/')}/{release.file}" if mirror else release.url
+        try:
+            status = requests.head(url, timeout=timeout, allow_redirects=True).status_code
+        except requests.RequestException as error:
+            status = f"unreachable ({type(error).__name__})"
+        if status == 200:
+            return None
+        reason = f"{url} is {status if isinstance(status, str) else f'answering HTTP {status}'}"
+    return (
+        f"the released {release.file} is not here and cannot be fetched: {reason}. "
+        f"{_local_report(release, candidates)} {_offline_hint(release)}"
+    )

@@ -74,27 +74,40 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """torch's unpickler message without its advice: it suggests weights_only=False, which would
+    run whatever code the file holds, and must never reach a user as a way out."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    sentences = [s.strip() for line in text.splitlines() for s in line.split(". ") if s.strip()]
+    kept = [
+        s.rstrip(".")
+        for s in sentences
+        if not any(word in s for word in ("weights_only", "Weights only load failed", "trusted source",
+                                          "safe_globals", "documentation", "Please use", "Please file"))
+    ]
+    return "; ".join(kept) or type(error).__name__
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # torch wraps every unpickler failure; keep just its one-line reason.
-        reason = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
-        reason = reason.split(" Please use")[0]
-        if "Unsupported global" not in reason:
+        reason = _unpickler_reason(error)
+        if "GLOBAL" not in reason.upper():
             raise CheckpointError(
                 f"{path}: cannot be read as a PyTorch checkpoint (corrupt or not a "
                 f"checkpoint): {reason}"
-            ) from error
+            ) from None
         raise CheckpointError(
-            f"{path}: refused; it holds Python objects that only unsafe unpickling could load "
-            f"(only plain tensors are read, weights_only=True): {reason}"
-        ) from error
+            f"{path}: refused: it holds Python objects or code that only unsafe unpickling "
+            f"would load, and this pack reads plain tensors only: {reason}. Use the released "
+            "checkpoint or a .safetensors file."
+        ) from None
     except Exception as error:  # arbitrary bytes fail anywhere inside the unpickler
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, corrupt or not a "
-            f"checkpoint): {type(error).__name__}: {error}"
-        ) from error
+            f"checkpoint): {type(error).__name__}: {_unpickler_reason(error)}"
+        ) from None
     return _unwrap(content)
 
 
@@ -201,6 +214,11 @@ def looks_like_rt4ksr(path: str | os.PathLike) -> bool:
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate `path` without building a model."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: is a folder, not a checkpoint file; give the .pth or .safetensors file "
+            "itself"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
