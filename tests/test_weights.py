@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ground_truth import checkpoint_path, sha256_of, shared_path
+from offline import no_network  # noqa: F401 - fixture
 from rt4ksr_nodes import weights
 
 
@@ -117,20 +118,6 @@ def test_a_changed_file_is_never_replaced(server, dest):
     assert server.requests == []
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every connection attempt is recorded and refused."""
-    attempts = []
-
-    def refuse(self, address, *args):
-        attempts.append(address)
-        raise OSError("network unreachable (test)")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts
-
-
 def test_a_verified_copy_in_a_searched_folder_is_used_offline(tmp_path, dest, no_network):
     folders = [tmp_path / "comfy" / "models" / "rt4ksr", tmp_path / "extra" / "upscale_models"]
     for folder in folders:
@@ -158,7 +145,7 @@ def test_offline_with_a_changed_copy_says_so(tmp_path, dest, no_network, monkeyp
     assert f"{folder / 'rt4ksr_x2.pth'} failed its SHA-256 check" in message
     assert f"Searched for a verified local copy in: {dest}, {folder}" in message
     assert sha256_of(folder / "rt4ksr_x2.pth") in message
-    assert leftovers(dest) == []
+    assert no_network == ["github.com"] and leftovers(dest) == []
 
 
 @pytest.fixture

@@ -292,11 +292,8 @@ def load_model(path: str | os.PathLike, reparameterize: bool = True) -> RT4KSR:
     return model
 
 
-def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write `model` as .safetensors with its provenance; atomic, never half-written."""
-    path = Path(path)
-    if path.suffix.lower() != SAFETENSORS_SUFFIX:
-        raise ValueError(f"{path}: RT4KSR models are saved as {SAFETENSORS_SUFFIX} only")
+def _contents(model: RT4KSR) -> tuple[dict, dict]:
+    """The tensors and metadata of `model`'s .safetensors file."""
     metadata = {
         "architecture": ARCHITECTURE,
         "form": model.form,
@@ -304,6 +301,28 @@ def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = Fals
         "source_sha256": model.source_sha256,
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    return tensors, metadata
+
+
+def holds_model(path: str | os.PathLike, model: RT4KSR) -> bool:
+    """Whether the .safetensors at `path` is `model` as `save_model` writes it (compared by
+    content: safetensors does not write metadata in a fixed order, so bytes may differ)."""
+    tensors, metadata = _contents(model)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            if (handle.metadata() or {}) != metadata or set(handle.keys()) != set(tensors):
+                return False
+            return all(torch.equal(handle.get_tensor(key), value) for key, value in tensors.items())
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `model` as .safetensors with its provenance; atomic, never half-written."""
+    path = Path(path)
+    if path.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise ValueError(f"{path}: RT4KSR models are saved as {SAFETENSORS_SUFFIX} only")
+    tensors, metadata = _contents(model)
     try:
         with atomic_write(path, overwrite=overwrite) as out:
             out.write(save(tensors, metadata=metadata))
