@@ -135,7 +135,7 @@ def _shape(state: dict, key: str, dims: int, path: Path) -> tuple[int, ...]:
 
 def _hyperparameters(state: dict, form: str, path: Path) -> dict:
     features, head_in, *_ = _shape(state, "head.0.weight", 4, path)
-    if head_in % 4:
+    if head_in % 4 or not head_in:
         raise CheckpointError(
             f"{path}: head.0.weight takes {head_in} channels, expected 4 x image channels "
             "(pixel-unshuffle by 2)"
@@ -211,6 +211,44 @@ def looks_like_rt4ksr(path: str | os.PathLike) -> bool:
     return CORE_KEYS <= keys and any(_block_forms(keys))
 
 
+def parse_state_dict(state, origin: str | os.PathLike) -> tuple[str, dict, dict]:
+    """(form, hyperparameters, state dict without the unused keys) of an RT4KSR state dict, from
+    its keys and tensor shapes; CheckpointError naming `origin` when it is not a complete one."""
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(
+            f"{origin}: holds no state dict of tensors (found {type(state).__name__}); expected an "
+            "RT4KSR checkpoint"
+        )
+    state = {
+        key: value
+        for key, value in _strip_prefix(state).items()
+        if not key.startswith(UNUSED_PREFIXES)
+    }
+    if not CORE_KEYS <= state.keys():
+        sample = ", ".join(sorted(state)[:6]) or "none"
+        raise CheckpointError(
+            f"{origin}: not an RT4KSR checkpoint: it lacks head.0.weight and/or upsample.0.weight "
+            f"(its keys begin {sample}); expected the released rt4ksr_x2/x3 .pth, a state dict "
+            "of it, or a .safetensors written by rt4ksr_nodes"
+        )
+    has_fused, has_train = _block_forms(state)
+    if has_fused == has_train:
+        raise CheckpointError(
+            f"{origin}: "
+            + (
+                "mixes fused (rep_conv) and train-time (expand_conv) blocks"
+                if has_fused
+                else "has neither fused (rep_conv) nor train-time (expand_conv) conv blocks"
+            )
+        )
+    form = "fused" if has_fused else "train"
+    params = _hyperparameters(state, form, origin)
+    _check_keys(state, RT4KSR(**params), origin)
+    return form, params, state
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate `path` without building a model."""
     path = Path(path)
@@ -225,38 +263,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state, metadata = _read_safetensors(path)
     else:
         state, metadata = _read_pickle(path), {}
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(
-            f"{path}: holds no state dict of tensors (found {type(state).__name__}); expected an "
-            "RT4KSR checkpoint"
-        )
-    state = {
-        key: value
-        for key, value in _strip_prefix(state).items()
-        if not key.startswith(UNUSED_PREFIXES)
-    }
-    if not CORE_KEYS <= state.keys():
-        sample = ", ".join(sorted(state)[:6]) or "none"
-        raise CheckpointError(
-            f"{path}: not an RT4KSR checkpoint: it lacks head.0.weight and/or upsample.0.weight "
-            f"(its keys begin {sample}); expected the released rt4ksr_x2/x3 .pth, a state dict "
-            "of it, or a .safetensors written by rt4ksr_nodes"
-        )
-    has_fused, has_train = _block_forms(state)
-    if has_fused == has_train:
-        raise CheckpointError(
-            f"{path}: "
-            + (
-                "mixes fused (rep_conv) and train-time (expand_conv) blocks"
-                if has_fused
-                else "has neither fused (rep_conv) nor train-time (expand_conv) conv blocks"
-            )
-        )
-    form = "fused" if has_fused else "train"
-    params = _hyperparameters(state, form, path)
-    _check_keys(state, RT4KSR(**params), path)
+    form, params, state = parse_state_dict(state, path)
     for key, declared in (("form", form), ("scale", str(params["scale"]))):
         if key in metadata and metadata[key] != declared:
             raise CheckpointError(
