@@ -57,7 +57,7 @@ class Checkpoint:
         return model.eval().requires_grad_(False)
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+def _read_safetensors(path: Path, any_architecture: bool = False) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -66,7 +66,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(
             f"{path}: cannot be read as a .safetensors file (truncated or corrupt?): {error}"
         ) from error
-    if metadata.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+    if not any_architecture and metadata.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise CheckpointError(
             f"{path}: its metadata says architecture {metadata['architecture']!r}, "
             f"expected {ARCHITECTURE!r}"
@@ -247,6 +247,22 @@ def parse_state_dict(state, origin: str | os.PathLike) -> tuple[str, dict, dict]
     params = _hyperparameters(state, form, origin)
     _check_keys(state, RT4KSR(**params), origin)
     return form, params, state
+
+
+def fused_from_state_dict(state, origin: str | os.PathLike) -> RT4KSR:
+    """The fused model of an RT4KSR state dict (train-time ones are reparameterized)."""
+    _, params, state = parse_state_dict(state, origin)
+    model = RT4KSR(**params)
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False) if model.fused else fuse(model)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The state dict in a .pth (plain tensors only) or .safetensors file, of any architecture."""
+    path = Path(path)
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path, any_architecture=True)[0]
+    return _read_pickle(path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

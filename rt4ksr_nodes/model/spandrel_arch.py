@@ -21,8 +21,7 @@ from spandrel import (
 )
 
 from .arch import RT4KSR
-from .checkpoint import ARCHITECTURE, CheckpointError, parse_state_dict
-from .reparam import reparameterize
+from .checkpoint import ARCHITECTURE, CheckpointError, fused_from_state_dict, parse_state_dict
 
 
 def is_rt4ksr(state_dict: StateDict) -> bool:
@@ -38,11 +37,7 @@ class RT4KSRArch(Architecture[RT4KSR]):
         super().__init__(id=ARCHITECTURE, name=ARCHITECTURE, detect=is_rt4ksr)
 
     def load(self, state_dict: StateDict) -> ImageModelDescriptor[RT4KSR]:
-        _, params, state = parse_state_dict(state_dict, "RT4KSR state dict")
-        model = RT4KSR(**params)
-        model.load_state_dict(state, strict=True)
-        if not model.fused:
-            model = reparameterize(model)
+        model = fused_from_state_dict(state_dict, "RT4KSR state dict")
         return ImageModelDescriptor(
             model,
             model.state_dict(),
