@@ -25,6 +25,7 @@ from PIL import Image
 
 from ground_truth import ROOT, checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
+from rt4ksr_nodes import comfy_bridge as bridge
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -65,6 +66,11 @@ def server(tmp_path_factory):
     (base / "input").mkdir()
     for image in (ROOT / "workflows" / "inputs").iterdir():
         shutil.copy(image, base / "input")
+    # The x3 release dropped where ComfyUI users put models: used as it is, never fetched.
+    (base / "models" / "rt4ksr").mkdir(parents=True)
+    shutil.copy(checkpoint_path(3), base / "models" / "rt4ksr" / "rt4ksr_x3.pth")
+    (base / "models" / "upscale_models").mkdir()
+    shutil.copy(checkpoint_path(2), base / "models" / "upscale_models" / "rt4ksr_x2.pth")
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -204,3 +210,53 @@ def test_server_runs_the_packs_input_checks(server):
     prompt["90"] = {"class_type": "PrimitiveInt", "inputs": {"value": 64}}
     prompt[upscaler]["inputs"]["tile_size"] = ["90", 0]
     assert http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test", "number": -1})["prompt_id"]
+
+
+def test_a_release_in_models_rt4ksr_is_used_as_it_is(server):
+    """The x3 release copied into models/rt4ksr/ ran the x3 example: nothing was installed into
+    the pack's weights folder (the offline source was never needed)."""
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x3_720p_to_4k.api.json").read_text())
+    history, prompt_id = run_prompt(url, base, prompt)
+    assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+    assert not (base / "weights" / "rt4ksr_x3.pth").exists()
+
+
+def test_core_upscale_nodes_run_rt4ksr_as_headless(server, folders, monkeypatch):
+    """ComfyUI's own Load Upscale Model + Upscale Image (using Model) on an RT4KSR file in
+    models/upscale_models/ (spandrel, with the architecture this pack registers), and the
+    headless runner's copies of those nodes: the same PNG pixels, bit for bit."""
+    url, base = server
+    info = http(url + "/object_info/UpscaleModelLoader")
+    spec = info["UpscaleModelLoader"]["input"]["required"]["model_name"]
+    assert "rt4ksr_x2.pth" in (spec[1]["options"] if spec[0] == "COMBO" else spec[0])
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_core_upscale_nodes.api.json").read_text())
+    history, prompt_id = run_prompt(url, base, prompt)
+    assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+    (saved,) = [o["images"][0] for o in history[prompt_id]["outputs"].values()]
+    served = np.asarray(Image.open(base / "output" / saved["subfolder"] / saved["filename"]))
+
+    from rt4ksr_nodes.runner import registry
+    from rt4ksr_nodes.runner.execute import Runner
+
+    models = folders[0].parent / "models"
+    (models / "upscale_models").mkdir(parents=True)
+    shutil.copy(checkpoint_path(2), models / "upscale_models" / "rt4ksr_x2.pth")
+    monkeypatch.setattr(bridge.headless, "models_dir", models)
+    for image in (ROOT / "workflows" / "inputs").iterdir():
+        shutil.copy(image, folders[0])
+    summary = Runner(prompt, registry.node_classes()).run()
+    assert (summary.done, summary.failed) == (1, 0), summary.failures
+    (written,) = folders[1].rglob("*.png")
+    ours = np.asarray(Image.open(written))
+    assert ours.shape == served.shape == (1440, 2560, 3)
+    assert np.array_equal(ours, served)
+
+
+def test_spandrel_registration_in_comfyuis_python():
+    """The spandrel tests where spandrel imports (it needs torchvision): ComfyUI's Python."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_spandrel_arch.py"],
+                            cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1].replace("1 skipped", "")
