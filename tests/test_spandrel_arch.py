@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from ground_truth import ROOT, checkpoint_path, load_rgb, image_paths
+from ground_truth import ROOT, checkpoint_path, image_paths, load_rgb
 from rt4ksr_nodes import load_model, save_model
 
 
@@ -90,11 +90,19 @@ def test_detects_and_loads_both_forms(spandrel, tmp_path, scale, form, train_mod
     assert torch.equal(descriptor(image), expected)
 
 
-def test_odd_sizes_are_padded_not_refused(spandrel, fused_models):
+def test_odd_sizes_padded_as_the_headless_copy_pads(spandrel, fused_models):
+    """spandrel pads odd sizes itself; the runner's stand-in (used without spandrel) gives the
+    same pixels."""
     from spandrel import ModelLoader
 
+    from rt4ksr_nodes.runner.core_upscale import RT4KSRUpscaleModel
+
     descriptor = ModelLoader().load_from_state_dict(released_state_dict(2))
-    assert descriptor(torch.rand(1, 3, 31, 17)).shape == (1, 3, 62, 34)
+    for size in ((31, 17), (1, 8), (20, 1)):
+        image = torch.rand(1, 3, *size)
+        result = descriptor(image)
+        assert result.shape == (1, 3, 2 * size[0], 2 * size[1])
+        assert torch.equal(result, RT4KSRUpscaleModel(fused_models[2])(image))
 
 
 @pytest.mark.parametrize("name", sorted(foreign_state_dicts()))
