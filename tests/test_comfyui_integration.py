@@ -7,6 +7,7 @@ requirements; default: this one).
 
 from __future__ import annotations
 
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,7 +61,43 @@ def run_prompt(url: str, base: Path, prompt: dict) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def stalling_mirror():
+    """The server's only source of released models: a mirror that answers HEAD, then sends the
+    first 64 KiB of any GET and stalls (url, requests received)."""
+    from rt4ksr_nodes.weights import releases
+
+    size, requests, release = releases()["rt4ksr_x2"].size, [], threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            requests.append(("HEAD", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+
+        def do_GET(self):
+            requests.append(("GET", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(bytes(1 << 16))
+            self.wfile.flush()
+            release.wait(120)
+
+    mirror = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    mirror.daemon_threads = True
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{mirror.server_address[1]}", requests
+    release.set()
+    mirror.shutdown()
+    mirror.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, stalling_mirror):
     base = tmp_path_factory.mktemp("comfy")
     (base / "custom_nodes").mkdir()
     # a folder name unlike the inner package, as a clone from the registry would have
@@ -67,17 +105,15 @@ def server(tmp_path_factory):
     (base / "input").mkdir()
     for image in (ROOT / "workflows" / "inputs").iterdir():
         shutil.copy(image, base / "input")
-    # The x3 release dropped where ComfyUI users put models: used as it is, never fetched.
+    # The releases dropped where ComfyUI users put models, as on an air-gapped machine: no
+    # offline source, and a mirror that stalls. They are used as they are.
     (base / "models" / "rt4ksr").mkdir(parents=True)
     shutil.copy(checkpoint_path(3), base / "models" / "rt4ksr" / "rt4ksr_x3.pth")
     (base / "models" / "upscale_models").mkdir()
     shutil.copy(checkpoint_path(2), base / "models" / "upscale_models" / "rt4ksr_x2.pth")
     port = free_port()
-    env = dict(os.environ)
-    env.update(
-        RT4KSR_WEIGHTS_DIR=str(base / "weights"),  # the released model arrives on first use...
-        RT4KSR_WEIGHTS_FROM=str(checkpoint_path(2).parent),  # ...verified, from offline files
-    )
+    env = {k: v for k, v in os.environ.items() if k != "RT4KSR_WEIGHTS_FROM"}
+    env.update(RT4KSR_WEIGHTS_DIR=str(base / "weights"), RT4KSR_WEIGHTS_MIRROR=stalling_mirror[0])
     log = open(base / "server.log", "w")
     process = subprocess.Popen(
         [
@@ -213,14 +249,45 @@ def test_server_runs_the_packs_input_checks(server):
     assert http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test", "number": -1})["prompt_id"]
 
 
-def test_a_release_in_models_rt4ksr_is_used_as_it_is(server):
-    """The x3 release copied into models/rt4ksr/ ran the x3 example: nothing was installed into
-    the pack's weights folder (the offline source was never needed)."""
+def test_releases_in_models_folders_are_used_offline(server, stalling_mirror):
+    """The releases copied into models/rt4ksr/ and models/upscale_models/ ran the examples with
+    no offline source: the mirror was never asked, nothing was installed."""
     url, base = server
-    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x3_720p_to_4k.api.json").read_text())
-    history, prompt_id = run_prompt(url, base, prompt)
-    assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
-    assert not (base / "weights" / "rt4ksr_x3.pth").exists()
+    for name in ("rt4ksr_x3_720p_to_4k", "rt4ksr_x2_1080p_to_4k"):
+        prompt = json.loads((ROOT / "workflows" / f"{name}.api.json").read_text())
+        history, prompt_id = run_prompt(url, base, prompt)
+        assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+    assert stalling_mirror[1] == [] and not (base / "weights").exists()
+
+
+def test_cancel_stops_a_stalled_download(server, stalling_mirror):
+    """With no local copy the release is fetched from the mirror, which stalls after 64 KiB:
+    Cancel ends the prompt as interrupted within seconds (not after the retries' timeouts),
+    and nothing is left in the weights folder."""
+    url, base = server
+    local = base / "models" / "upscale_models" / "rt4ksr_x2.pth"
+    held = base / "held_rt4ksr_x2.pth"
+    local.rename(held)
+    try:
+        prompt = json.loads(WORKFLOW.read_text())
+        prompt["4"]["inputs"]["filename_prefix"] = "cancelled/x2"
+        prompt_id = http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})["prompt_id"]
+        deadline = time.time() + 60
+        while ("GET", "/rt4ksr_x2.pth") not in stalling_mirror[1]:
+            assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
+            time.sleep(0.2)
+        time.sleep(1)
+        cancelled = time.time()
+        urllib.request.urlopen(urllib.request.Request(url + "/interrupt", data=b"{}"), timeout=30).close()
+        while not (history := http(f"{url}/history/{prompt_id}")):
+            assert time.time() < cancelled + 10, "the download did not stop on Cancel"
+            time.sleep(0.2)
+        messages = [m[0] for m in history[prompt_id]["status"]["messages"]]
+        assert "execution_interrupted" in messages, history[prompt_id]["status"]
+        assert [p.name for p in (base / "weights").iterdir()] == []
+        assert stalling_mirror[1][0] == ("HEAD", "/rt4ksr_x2.pth")  # the validation's check
+    finally:
+        held.rename(local)
 
 
 def test_core_upscale_nodes_run_rt4ksr_as_headless(server, folders, monkeypatch):
