@@ -290,6 +290,31 @@ def test_cancel_stops_a_stalled_download(server, stalling_mirror):
         held.rename(local)
 
 
+def test_reparameterize_save_as_runs_again_after_the_cache_is_cleared(server):
+    """The same prompt after POST /free: the saved file holds the same model, so the node passes
+    it through (it used to fail with FileExistsError); a bad name is refused at queue time."""
+    url, base = server
+    prompt = {
+        "1": {"class_type": "RT4KSRModelLoader", "inputs": {"model_name": "rt4ksr_x2.pth", "reparameterize": False}},
+        "2": {"class_type": "RT4KSRReparameterize", "inputs": {"model": ["1", 0], "save_as": "fused/x2_twice"}},
+    }
+    saved = base / "models" / "rt4ksr" / "fused" / "x2_twice.safetensors"
+    for run in range(3):  # ComfyUI applies /free after the next prompt: the third one runs anew
+        history, prompt_id = run_prompt(url, base, prompt)
+        assert history[prompt_id]["status"]["status_str"] == "success", history[prompt_id]["status"]
+        if run == 0:
+            written = saved.read_bytes()
+            urllib.request.urlopen(urllib.request.Request(
+                url + "/free", data=json.dumps({"free_memory": True, "unload_models": True}).encode()), timeout=30).close()
+    assert saved.read_bytes() == written
+    assert "already holds this model" in (base / "server.log").read_text()
+    prompt["2"]["inputs"]["save_as"] = "C:\\evil"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test"})
+    errors = json.loads(refused.value.read())["node_errors"]["2"]["errors"]
+    assert any("use / between folders" in e["details"] for e in errors), errors
+
+
 def test_core_upscale_nodes_run_rt4ksr_as_headless(server, folders, monkeypatch):
     """ComfyUI's own Load Upscale Model + Upscale Image (using Model) on an RT4KSR file in
     models/upscale_models/ (spandrel, with the architecture this pack registers), and the
