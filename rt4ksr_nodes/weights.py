@@ -70,6 +70,17 @@ def _offline_hint(release: Release) -> str:
     )
 
 
+def _url(release: Release, mirror: str | None = None) -> str:
+    """The release's download URL, or its place on the mirror (argument or RT4KSR_WEIGHTS_MIRROR)."""
+    mirror = mirror or os.environ.get("RT4KSR_WEIGHTS_MIRROR")
+    return f"{mirror.rstrip('/')}/{release.file}" if mirror else release.url
+
+
+def _candidates(release: Release, dest_dir: Path, search: Iterable[Path]) -> list[Path]:
+    """Where a verified copy of `release` may already be: the install folder, then `search`."""
+    return list(dict.fromkeys([Path(dest_dir) / release.file, *(Path(f) / release.file for f in search)]))
+
+
 def _local_report(release: Release, candidates: list[Path]) -> str:
     """Which folders were searched for a verified copy, and which same-named files failed."""
     failed = [
@@ -284,7 +295,7 @@ def ensure(
         raise WeightsError(f"unknown released model {name!r}; known: {', '.join(known)}")
     release = known[name]
     dest = Path(dest_dir or weights_dir()) / release.file
-    candidates = list(dict.fromkeys([dest, *(Path(folder) / release.file for folder in search)]))
+    candidates = _candidates(release, dest.parent, search)
     for path in candidates:
         if is_verified(release, path):
             return path
@@ -302,9 +313,7 @@ def ensure(
     try:
         if source_dir:
             return install_from(release, Path(source_dir), dest)
-        mirror = mirror or os.environ.get("RT4KSR_WEIGHTS_MIRROR")
-        url = f"{mirror.rstrip('/')}/{release.file}" if mirror else None
-        return download(release, dest, url=url, **download_options)
+        return download(release, dest, url=_url(release, mirror), **download_options)
     except DownloadCancelled:
         raise
     except WeightsError as error:
@@ -315,9 +324,14 @@ def source_problem(name: str, *, search: Iterable[Path] = (), timeout: float = 5
     """Why `ensure(name, search=search)` could not obtain the release, found without installing
     anything (a HEAD request at most, only when no verified copy is present); None if it can."""
     release = releases()[name]
-    candidates = [weights_dir() / release.file, *(Path(folder) / release.file for folder in search)]
+    candidates = _candidates(release, weights_dir(), search)
     if any(is_verified(release, path) for path in candidates):
         return None
+    if candidates[0].exists():
+        return (
+            f"{candidates[0]} is not the released {release.file} (it failed its SHA-256 check) "
+            "and is never overwritten: move or delete it to install the release there"
+        )
     source_dir = os.environ.get("RT4KSR_WEIGHTS_FROM")
     if source_dir:
         if is_verified(release, Path(source_dir) / release.file):
@@ -326,8 +340,7 @@ def source_problem(name: str, *, search: Iterable[Path] = (), timeout: float = 5
     else:
         import requests
 
-        mirror = os.environ.get("RT4KSR_WEIGHTS_MIRROR")
-        url = f"{mirror.rstrip('/')}/{release.file}" if mirror else release.url
+        url = _url(release)
         try:
             status = requests.head(url, timeout=timeout, allow_redirects=True).status_code
         except requests.RequestException as error:

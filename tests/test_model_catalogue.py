@@ -142,3 +142,14 @@ def test_validate_only_reports_a_missing_release(folders, tmp_path, monkeypatch,
 def test_names_not_in_the_list_are_validation_problems(comfy, cache):
     assert "is not one of the RT4KSR models found" in Loader.VALIDATE_INPUTS("absent.pth")
     assert "plain name from the list" in Loader.VALIDATE_INPUTS("../x.pth")
+
+
+def test_a_changed_file_in_the_weights_folder_is_a_validation_problem(comfy, cache, monkeypatch, no_network):
+    """The install folder holds something else under the released name: fetching could not put
+    the release there (it never overwrites), so validation says so before anything runs."""
+    (cache / "rt4ksr_x3.pth").write_bytes(b"edited")
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(3).parent))
+    verdict = Loader.VALIDATE_INPUTS("rt4ksr_x3.pth")
+    assert f"{cache / 'rt4ksr_x3.pth'} is not the released rt4ksr_x3.pth" in verdict
+    assert "never overwritten" in verdict
+    assert (cache / "rt4ksr_x3.pth").read_bytes() == b"edited"
