@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class RT4KSRModelLoader:
     DESCRIPTION = (
         "Loads an RT4KSR super-resolution model (x2: 1080p to 4K, x3: 720p to 4K). The released "
-        "models are downloaded on first use and verified by SHA-256; your own go in "
-        "models/rt4ksr/."
+        "models are used from models/rt4ksr/ or models/upscale_models/ when a copy there matches "
+        "the release's SHA-256 (no network), else downloaded on first use and verified; your own "
+        "go in models/rt4ksr/."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = (MODEL_TYPE,)
@@ -37,8 +38,9 @@ class RT4KSRModelLoader:
                     catalogue.choices(),
                     {
                         "tooltip": "rt4ksr_x2.pth / rt4ksr_x3.pth are the released models; "
-                        "other entries are files in models/rt4ksr/ and RT4KSR files found in "
-                        "models/upscale_models/."
+                        "other entries are files in models/rt4ksr/ (a file under a released name "
+                        "that is not the release shows as '<name> [not the release]') and RT4KSR "
+                        "files found in models/upscale_models/."
                     },
                 ),
                 "reparameterize": (
