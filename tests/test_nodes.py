@@ -3,6 +3,7 @@ engine's (and the model's) result, models resolve, cache and save as documented.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -160,22 +161,6 @@ def test_loader_reuses_a_model_until_its_file_changes(models_dir):
     assert reloaded is not first and reloaded.scale == 3
 
 
-def test_released_model_resolves_through_verified_weights(models_dir, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    shutil.copy(checkpoint_path(2), cache / "rt4ksr_x3.pth")  # the wrong file under the name
-    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(cache))
-    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(2).parent))
-    loader = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]
-    # IS_CHANGED runs at every prompt: it neither fetches nor touches the files
-    assert loader.IS_CHANGED("rt4ksr_x3.pth", True) == "rt4ksr_x3.pth"
-    assert (cache / "rt4ksr_x3.pth").read_bytes() == checkpoint_path(2).read_bytes()
-    (model,) = loader().load("rt4ksr_x3.pth", True)
-    assert model.scale == 3
-    assert (cache / "rt4ksr_x3.pth").read_bytes() == checkpoint_path(3).read_bytes()
-    assert loader.IS_CHANGED("rt4ksr_x3.pth", True) != "rt4ksr_x3.pth"
-
-
 def test_reparameterize_node(models_dir, train_models, fused_models):
     node = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]()
     (fused,) = node.fuse(train_models[2], "")
@@ -188,16 +173,61 @@ def test_reparameterize_node(models_dir, train_models, fused_models):
     node.fuse(train_models[3], "my_x3")
     saved = models_dir / "rt4ksr" / "my_x3.safetensors"
     assert saved.is_file()
-    before = saved.read_bytes()
-    with pytest.raises(FileExistsError):
-        node.fuse(train_models[2], "my_x3.safetensors")
-    assert saved.read_bytes() == before
+    reloaded = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]().load("my_x3.safetensors", False)[0]
+    assert reloaded.form == "fused" and reloaded.scale == 3
     for bad in ("../escape", "/tmp/abs.safetensors", "sub/../../x"):
         with pytest.raises(ValueError):
             node.fuse(train_models[2], bad)
     assert sorted(p.name for p in (models_dir / "rt4ksr").iterdir()) == ["my_x3.safetensors"]
-    reloaded = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]().load("my_x3.safetensors", False)[0]
-    assert reloaded.form == "fused" and reloaded.scale == 3
+
+
+def test_reparameterize_save_as_runs_twice(models_dir, train_models):
+    """The same workflow again (ComfyUI's cache cleared, or a restart): the identical file is
+    fine and the model passes through; another model under that name leaves the file alone
+    with a warning, and the graph goes on."""
+    node = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]
+    saved = models_dir / "rt4ksr" / "my_x2.safetensors"
+    node().fuse(train_models[2], "my_x2")
+    before = saved.read_bytes()
+    assert node.VALIDATE_INPUTS(save_as="my_x2") is True
+    (again,) = node().fuse(train_models[2], "my_x2")
+    assert saved.read_bytes() == before and again.scale == 2
+    other = node().fuse(train_models[3], "my_x2.safetensors")
+    assert other["result"][0].scale == 3
+    assert "already holds another model and was left unchanged" in other["ui"]["text"][0]
+    assert saved.read_bytes() == before
+
+
+@pytest.mark.parametrize("name, message", [
+    ("C:\\evil", r"use / between folders, never \\"),
+    ("..\\win", r"use / between folders, never \\"),
+    ("..", "'..' is not a file or folder name"),
+    (".", "'.' is not a file or folder name"),
+    ("...", "'...' is not a file or folder name"),
+    ("dir/", "names a folder; give a file name, such as dir/my_model"),
+    ("a//b", "'' is not a file or folder name"),
+    ("   ", "begins or ends with spaces"),
+    (" x", "begins or ends with spaces"),
+    ("a:b", "not allowed in file names"),
+    ("../escape", "'..' is not a file or folder name"),
+    ("/abs", "'' is not a file or folder name"),
+])
+def test_reparameterize_refuses_bad_names_before_running(models_dir, name, message):
+    verdict = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"].VALIDATE_INPUTS(save_as=name)
+    assert verdict is not True and re.search(message, verdict), verdict
+    assert list((models_dir / "rt4ksr").iterdir()) == []
+
+
+def test_reparameterize_refuses_a_foreign_file_in_the_way(models_dir, fused_models):
+    node = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]
+    (models_dir / "rt4ksr" / "notes.safetensors").write_bytes(b"not a model")
+    shutil.copy(checkpoint_path(2), models_dir / "rt4ksr" / "x.pth.safetensors")
+    for name in ("notes", "x.pth"):
+        verdict = node.VALIDATE_INPUTS(save_as=name)
+        assert "already exists and is not a model saved by Reparameterize RT4KSR" in verdict
+    save_model(fused_models[2], models_dir / "rt4ksr" / "sub" / "ok.safetensors")
+    assert node.VALIDATE_INPUTS(save_as="sub/ok") is True
+    assert node.VALIDATE_INPUTS(save_as="") is True and node.VALIDATE_INPUTS(save_as=None) is True
 
 
 def test_upscale_to_size_plans():

@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("workflow", type=Path)
     p.add_argument("--input-dir", type=Path, default=Path("input"), help="images are read from here (default: ./input)")
     p.add_argument("--output-dir", type=Path, default=Path("output"), help="results are written here (default: ./output)")
-    p.add_argument("--models-dir", type=Path, help="a ComfyUI-style models folder holding rt4ksr/ "
+    p.add_argument("--models-dir", type=Path, help="a ComfyUI-style models folder holding rt4ksr/ and upscale_models/ "
                    "(default: the pack's weights/ folder with the released models)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change an input; NODE is a node id or title, e.g. --set \"Load Image.image=a.png\"")
