@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -150,9 +151,32 @@ def _cpu_seconds(run, times: int) -> float:
     return (time.process_time() - start) / times
 
 
-def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> dict[str, float]:
+def beside_python(job) -> float:
+    """CPU seconds a pure-Python thread gets while `job` runs on another thread, per CPU second
+    of `job`: near 0 when `job` holds the GIL (the thread waits for it), about 1 or more when
+    it releases it and the two run in parallel."""
+    done, spent = threading.Event(), []
+
+    def run():
+        start = time.thread_time()
+        job()
+        spent.append(time.thread_time() - start)
+        done.set()
+
+    worker = threading.Thread(target=run)
+    start = time.thread_time()
+    worker.start()
+    while not done.is_set():
+        pass
+    python = time.thread_time() - start
+    worker.join()
+    return python / max(spent[0], 1e-9)
+
+
+def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> tuple[dict[str, float], dict[str, float]]:
     """Per-image CPU seconds of each stage alone, on the folder's first `samples` frames:
-    "decode", "model", "quantise" and one entry per format (its encoder, quantising excluded)."""
+    "decode", "model", "quantise" and one entry per format (its encoder, quantising excluded);
+    and per format, beside_python() of its encoder."""
     with _headless(root, "stages", device):
         items = RT4KSRLoadImageFolder.stream_items("frames", "*.png", False)[:samples]
         load = lambda item: RT4KSRLoadImageFolder.stream_load(item, "frames", "*.png", False)  # noqa: E731
@@ -160,6 +184,7 @@ def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> 
         model = RT4KSRModelLoader().load("rt4ksr_x2.pth", True)[0]
         node = upscale_node.RT4KSRUpscale()
         outputs = [node.upscale(model, image, 0, "auto")[0][0].float().cpu().numpy() for image in images]
+        parallel = {}
         seconds = {
             "decode": _cpu_seconds(lambda: [load(item) for item in items], 1) / len(items),
             "model": _cpu_seconds(lambda: [node.upscale(model, image, 0, "auto") for image in images], 1) / len(images),
@@ -170,7 +195,8 @@ def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> 
             encode = lambda: [_write(io.BytesIO(), Path("x" + suffix), suffix, Picture(o, 8), 95, {}, level,  # noqa: E731
                                      format == "webp lossless") for o in outputs]
             seconds[_label(format, level)] = _cpu_seconds(encode, 1) / len(outputs) - seconds["quantise"]
-    return seconds
+            parallel[_label(format, level)] = beside_python(encode)
+    return seconds, parallel
 
 
 def run_runner(root: Path, device: str | None, format: str = "png", compression: int = 4,
@@ -220,7 +246,7 @@ def main(args: argparse.Namespace) -> None:
     load_before = _load()
     with _workdir(args.workdir) as root:
         width, height = input_frames(root, args.images, args.size)
-        stages = stage_seconds(root, args.device, args.formats)
+        stages, parallel = stage_seconds(root, args.device, args.formats)
         runs = [(format, level, *run_runner(root, args.device, format, level, jobs)) for format, level in args.formats]
         if args.cli:
             cli_wall, cli_done = run_cli_per_file(root, args.device)
@@ -229,6 +255,8 @@ def main(args: argparse.Namespace) -> None:
           f"{jobs} writer threads; loadavg (1/5/15 min) before {load_before}, after {_load()}")
     common = stages["decode"] + stages["model"] + stages["quantise"]
     print("stage CPU seconds per image, alone: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
+    print("GIL: a Python thread beside each encoder got (per encoder CPU second; ~0 = the encoder holds "
+          "the GIL): " + ", ".join(f"{k} {v:.2f}" for k, v in parallel.items()))
     # efficiency = (CPU the stages need / CPU the run took) x (CPU the run took / the cores' time):
     # the first factor is work wasted (threads waiting on each other), the second idle cores,
     # or cores taken by other processes on a busy machine.

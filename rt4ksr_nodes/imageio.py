@@ -223,7 +223,8 @@ def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: in
     elif suffix == ".webp" and lossless:
         # libwebp's lossless effort: method 0 / quality 0 is its fastest, 30x faster than its
         # default (4 / 80) on a 4K frame for a file 20% larger, and faster than PNG level 1.
-        options.update(lossless=True, method=0, quality=0)
+        # exact: keep the colour of fully transparent pixels (libwebp drops it by default).
+        options.update(lossless=True, method=0, quality=0, exact=True)
     elif suffix == ".webp":
         options.update(lossless=False, quality=quality)
     elif suffix == ".png":
