@@ -3,14 +3,15 @@
 Pillow decodes 16-bit RGB(A) PNG and TIFF to 8 bits (it has no 48/64-bit image modes), so for
 those the file is decoded twice, once keeping the high bytes and once the low bytes of every
 sample, which restores the exact 16-bit values with Pillow's own decoders. Pillow cannot write
-them either: 16-bit RGB(A) output is encoded by `_png16` (PNG) and `_tiff16`
-(uncompressed baseline TIFF) below. Limitation: 16-bit gray+alpha input is read at 8 bits.
+them either: 16-bit RGB(A) output is encoded by `_png16` (PNG) below and by tifffile
+(uncompressed TIFF). Limitation: 16-bit gray+alpha input is read at 8 bits.
 OpenEXR output (half or float) needs the optional OpenEXR package (the `exr` extra).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import sys
@@ -210,7 +211,7 @@ def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: in
         out.write(_png16(_quantise(pixels, 16), icc, text, compress_level))
         return
     elif wide:
-        out.write(_tiff16(_quantise(pixels, 16), icc))
+        _tiff16(out, _quantise(pixels, 16), icc)
         return
     else:
         samples = _quantise(pixels, 8)
@@ -292,38 +293,12 @@ def _png16(samples: np.ndarray, icc: bytes | None, text: dict[str, str], level: 
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
-def _tiff16(samples: np.ndarray, icc: bytes | None) -> bytes:
-    """An uncompressed little-endian baseline TIFF of 16-bit RGB or RGBA samples."""
-    height, width, channels = samples.shape
-    data = samples.astype("<u2").tobytes()
-    bits = struct.pack("<" + "H" * channels, *[16] * channels)
-    blobs = [data, bits] + ([icc] if icc else [])
-    # Layout: header (8 bytes), the blobs (word-aligned), then the one IFD.
-    offsets, position = [], 8
-    for blob in blobs:
-        offsets.append(position)
-        position += len(blob) + len(blob) % 2
-    entries = [
-        (256, 4, 1, width),  # ImageWidth
-        (257, 4, 1, height),  # ImageLength
-        (258, 3, channels, offsets[1]),  # BitsPerSample, 6 or 8 bytes: stored at an offset
-        (259, 3, 1, 1),  # Compression: none
-        (262, 3, 1, 2),  # PhotometricInterpretation: RGB
-        (273, 4, 1, offsets[0]),  # StripOffsets
-        (277, 3, 1, channels),  # SamplesPerPixel
-        (278, 4, 1, height),  # RowsPerStrip
-        (279, 4, 1, len(data)),  # StripByteCounts
-        (284, 3, 1, 1),  # PlanarConfiguration: chunky
-    ]
-    if channels == 4:
-        entries.append((338, 3, 1, 2))  # ExtraSamples: unassociated alpha
-    if icc:
-        entries.append((34675, 7, len(icc), offsets[2]))  # ICC profile
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, count, value in entries:
-        inline = kind == 3 and count == 1  # a single SHORT sits in the entry itself
-        ifd += struct.pack("<HHI", tag, kind, count)
-        ifd += struct.pack("<HH", value, 0) if inline else struct.pack("<I", value)
-    ifd += struct.pack("<I", 0)
-    body = b"".join(blob + b"\0" * (len(blob) % 2) for blob in blobs)
-    return b"II*\0" + struct.pack("<I", position) + body + ifd
+def _tiff16(out: BinaryIO, samples: np.ndarray, icc: bytes | None) -> None:
+    """An uncompressed TIFF of 16-bit RGB or RGBA samples (H x W x C uint16)."""
+    import tifffile  # only this format needs it; keeps it off the nodes' import time
+
+    alpha = ["unassalpha"] if samples.shape[-1] == 4 else None
+    encoded = io.BytesIO()  # tifffile takes a file object by its name, which `out` lacks
+    tifffile.imwrite(encoded, samples, photometric="rgb", extrasamples=alpha, iccprofile=icc, metadata=None,
+                     software=False)
+    out.write(encoded.getbuffer())
