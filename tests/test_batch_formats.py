@@ -120,8 +120,8 @@ def test_lossless_webp_is_exact_and_lossy_is_not(tmp_path):
 
 @pytest.mark.parametrize("fmt, bits, message", [
     ("exr", "8", "exr stores bit_depth 16 (half floats) or 32 (floats), not 8"),
-    ("png", "32", "bit_depth 32 (floats) is for exr only; png stores 8 or 16"),
-    ("jpeg", "32", "bit_depth 32 (floats) is for exr only; jpeg stores 8 or 16"),
+    ("png", "32", "bit_depth 32 (floats) is for exr only; use 8 or 16 for png"),
+    ("jpeg", "32", "bit_depth 32 (floats) is for exr only; use 8 or 16 for jpeg"),
 ])
 def test_format_and_depth_are_checked_before_anything_runs(folders, fmt, bits, message):
     write_png(folders[0] / "a.png")

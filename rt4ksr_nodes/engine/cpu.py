@@ -70,9 +70,9 @@ def sharing_cores() -> Iterator[Callable[[int], None]]:
     threads leave free (at least one); the thread count is restored afterwards.
 
     For pipelines whose encoder threads compete with the model: torch's threads wait for each
-    other at every kernel's end, so one of them descheduled by an encoder stalls the rest
-    (measured here: the model 3-4x slower beside two busy PNG encoders on 2 cores). With one
-    thread per free core the model never waits for a core it does not get.
+    other at every kernel's end, so one of them descheduled by an encoder stalls the rest and
+    the waiting ones burn CPU the encoders could use. With one thread per free core the model
+    never waits for a core it does not get.
     """
     import torch
 

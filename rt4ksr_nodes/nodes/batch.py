@@ -329,7 +329,7 @@ def format_problem(format: str | None, bit_depth: str | None) -> str | None:
         return None
     if format == "exr":
         return "exr stores bit_depth 16 (half floats) or 32 (floats), not 8"
-    return f"bit_depth 32 (floats) is for exr only; {format} stores 8 or 16"
+    return f"bit_depth 32 (floats) is for exr only; use 8 or 16 for {format}"
 
 
 def _job(target: Path, picture: Picture, format: str, quality: int, text: dict[str, str] | None,
