@@ -204,3 +204,22 @@ def test_server_runs_the_packs_input_checks(server):
     prompt["90"] = {"class_type": "PrimitiveInt", "inputs": {"value": 64}}
     prompt[upscaler]["inputs"]["tile_size"] = ["90", 0]
     assert http(url + "/prompt", {"prompt": prompt, "client_id": "rt4ksr-test", "number": -1})["prompt_id"]
+
+
+def test_server_runs_save_image_batch_format_checks(server):
+    """Save Image Batch's format/depth check inside the real validator (the check takes over the
+    combo checks of those inputs, so it must refuse what they would), and its new optional
+    compression input, defaulting to ComfyUI's level 4."""
+    url, base = server
+    saver_inputs = http(url + "/object_info")["RT4KSRSaveImageBatch"]["input"]
+    assert saver_inputs["optional"]["compression"][1]["default"] == 4
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_folder_batch.api.json").read_text())
+    saver = next(i for i, node in prompt.items() if node["class_type"] == "RT4KSRSaveImageBatch")
+    for change, reason in (({"bit_depth": "32"}, "bit_depth 32 (floats) is for exr only"),
+                           ({"format": "gif"}, "format 'gif' is not one of")):
+        refused_prompt = json.loads(json.dumps(prompt))
+        refused_prompt[saver]["inputs"].update(change)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            http(url + "/prompt", {"prompt": refused_prompt, "client_id": "rt4ksr-test"})
+        errors = json.loads(refused.value.read())["node_errors"][saver]["errors"]
+        assert any(reason in e["details"] for e in errors), errors
