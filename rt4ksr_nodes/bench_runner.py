@@ -142,13 +142,11 @@ def _headless(root: Path, output: str, device: str | None) -> Iterator[Path]:
         bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.device = saved
 
 
-def _cpu_seconds(run, times: int) -> float:
-    """CPU seconds of the whole process per call, after one warm-up call."""
-    run()
+def _cpu_seconds(run) -> float:
+    """CPU seconds of the whole process (every thread) that run() takes."""
     start = time.process_time()
-    for _ in range(times):
-        run()
-    return (time.process_time() - start) / times
+    run()
+    return time.process_time() - start
 
 
 def beside_python(job) -> float:
@@ -174,9 +172,10 @@ def beside_python(job) -> float:
 
 
 def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-image CPU seconds of each stage alone, on the folder's first `samples` frames:
-    "decode", "model", "quantise" and one entry per format (its encoder, quantising excluded);
-    and per format, beside_python() of its encoder."""
+    """Per-image CPU seconds of each stage alone, on the folder's first `samples` frames (the
+    decoder and the model warmed up first): "decode", "model", "quantise" and one entry per
+    format (its encoder, quantising excluded); and per format, beside_python() of its encoder
+    on one frame."""
     with _headless(root, "stages", device):
         items = RT4KSRLoadImageFolder.stream_items("frames", "*.png", False)[:samples]
         load = lambda item: RT4KSRLoadImageFolder.stream_load(item, "frames", "*.png", False)  # noqa: E731
@@ -184,18 +183,24 @@ def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> 
         model = RT4KSRModelLoader().load("rt4ksr_x2.pth", True)[0]
         node = upscale_node.RT4KSRUpscale()
         outputs = [node.upscale(model, image, 0, "auto")[0][0].float().cpu().numpy() for image in images]
-        parallel = {}
-        seconds = {
-            "decode": _cpu_seconds(lambda: [load(item) for item in items], 1) / len(items),
-            "model": _cpu_seconds(lambda: [node.upscale(model, image, 0, "auto") for image in images], 1) / len(images),
-            "quantise": _cpu_seconds(lambda: [_quantise(o, 8) for o in outputs], 1) / len(outputs),
+        per_image = {
+            "decode": lambda: [load(item) for item in items],
+            "model": lambda: [node.upscale(model, image, 0, "auto") for image in images],
+            "quantise": lambda: [_quantise(o, 8) for o in outputs],
         }
+        seconds = {stage: _cpu_seconds(run) / len(items) for stage, run in per_image.items()}
+        parallel = {}
         for format, level in formats:
             suffix = FORMATS[format]
-            encode = lambda: [_write(io.BytesIO(), Path("x" + suffix), suffix, Picture(o, 8), 95, {}, level,  # noqa: E731
-                                     format == "webp lossless") for o in outputs]
-            seconds[_label(format, level)] = _cpu_seconds(encode, 1) / len(outputs) - seconds["quantise"]
-            parallel[_label(format, level)] = beside_python(encode)
+
+            def encode(frames, suffix=suffix, level=level, format=format):
+                for frame in frames:
+                    _write(io.BytesIO(), Path("x" + suffix), suffix, Picture(frame, 8), 95, {}, level,
+                           format == "webp lossless")
+
+            label = _label(format, level)
+            seconds[label] = _cpu_seconds(lambda: encode(outputs)) / len(items) - seconds["quantise"]
+            parallel[label] = beside_python(lambda: encode(outputs[:1]))
     return seconds, parallel
 
 
