@@ -197,7 +197,7 @@ class RT4KSRSaveImageBatch:
                 # Optional, so that workflows saved before it existed keep working.
                 "compression": ("INT", {"default": PNG_LEVEL, "min": 0, "max": 9, "tooltip":
                                 "PNG compression level, 0 (none) to 9; 4 is ComfyUI's Save Image. "
-                                "1 writes about twice as fast for files ~15% larger."}),
+                                "1 takes less than half as long for files ~15% larger."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
