@@ -445,3 +445,22 @@ def test_spandrel_registration_in_comfyuis_python():
     assert result.returncode == 0, result.stdout[-4000:]
     # only the spandrel-absent test may skip there
     assert re.search(r"(\d+) passed, 1 skipped", result.stdout) and "spandrel is not importable" not in result.stdout
+
+
+def test_server_runs_save_image_batch_format_checks(server):
+    """Save Image Batch's format/depth check inside the real validator (the check takes over the
+    combo checks of those inputs, so it must refuse what they would), and its new optional
+    compression input, defaulting to ComfyUI's level 4."""
+    url, base = server
+    saver_inputs = http(url + "/object_info")["RT4KSRSaveImageBatch"]["input"]
+    assert saver_inputs["optional"]["compression"][1]["default"] == 4
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_folder_batch.api.json").read_text())
+    saver = next(i for i, node in prompt.items() if node["class_type"] == "RT4KSRSaveImageBatch")
+    for change, reason in (({"bit_depth": "32"}, "bit_depth 32 (floats) is for exr only"),
+                           ({"format": "gif"}, "format 'gif' is not one of")):
+        refused_prompt = json.loads(json.dumps(prompt))
+        refused_prompt[saver]["inputs"].update(change)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            http(url + "/prompt", {"prompt": refused_prompt, "client_id": "rt4ksr-test"})
+        errors = json.loads(refused.value.read())["node_errors"][saver]["errors"]
+        assert any(reason in e["details"] for e in errors), errors

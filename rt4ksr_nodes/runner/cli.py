@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import comfy_bridge as bridge
 from ..fileio import brief, remove_stale_temps
 from . import convert, core_nodes, formats, object_info, registry
-from .execute import Runner, Summary
+from .execute import Runner, Summary, default_jobs
 from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate
 
 OK, FAILED, INVALID = 0, 1, 2
@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="node definitions saved from a ComfyUI server's /object_info: lets the editor format "
                    "and --validate-only handle nodes this runner cannot run (running them still needs ComfyUI)")
     p.add_argument("--resume", action="store_true", help="skip items whose output already exists")
-    p.add_argument("--jobs", type=int, default=2, help="image writer threads (default: 2)")
+    p.add_argument("--jobs", type=int, help=f"image writer threads (default: one per CPU core, {default_jobs()} here)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local (default): this process; ray: the folder batch's items on Ray workers, one per GPU "
                    "(else per CPU), inputs and outputs on a file system every node sees (needs rt4ksr-nodes[ray])")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = _Output(args.json)
     try:
-        if args.jobs < 1:
+        if args.jobs is not None and args.jobs < 1:
             raise UsageError("--jobs must be at least 1")
         if args.backend != "ray" and (args.ray_address or args.ray_workers):
             raise UsageError("--ray-address and --ray-workers need --backend ray")

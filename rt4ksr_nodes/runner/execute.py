@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import comfy_bridge as bridge
+from ..engine.cpu import sharing_cores, usable_cores
 from ..fileio import shorten
 from ..nodes import batch
 from .validate import input_spec, is_link, needed_nodes, output_nodes
@@ -92,12 +93,14 @@ def write_error(item: str, futures) -> str | None:
 class Runner:
     def __init__(self, prompt: dict, classes: dict, *, outputs: list[str] | None = None,
                  extra_pnginfo: dict | None = None, resume: bool = False,
-                 jobs: int = 2, prefetch: int = 2, on_event: Event | None = None):
-        """`outputs`: the output nodes to run (default: every output node of `prompt`)."""
+                 jobs: int | None = None, prefetch: int = 2, on_event: Event | None = None):
+        """`outputs`: the output nodes to run (default: every output node of `prompt`);
+        `jobs`: image writer threads (default: default_jobs())."""
         self.prompt, self.classes = prompt, classes
         self.outputs = output_nodes(prompt, classes) if outputs is None else list(outputs)
         self.extra_pnginfo = extra_pnginfo or None
-        self.resume, self.jobs, self.prefetch = resume, max(1, jobs), max(1, prefetch)
+        self.resume, self.prefetch = resume, max(1, prefetch)
+        self.jobs = max(1, default_jobs() if jobs is None else jobs)
         self.emit = on_event or (lambda event: None)
         self.hurry = threading.Event()  # set by stop_now()
         self.in_node = False  # a node's function is running (the only place a KeyboardInterrupt may land)
@@ -280,7 +283,7 @@ class Runner:
         reader = threading.Thread(target=self._prefetch, args=(cls, items, arguments, static, source, decoded, stop),
                                   name="rt4ksr-prefetch", daemon=True)
         pending: deque = deque()
-        with _Writers(self.jobs, self.hurry) as writers:
+        with _Writers(self.jobs, self.hurry) as writers, sharing_cores() as share:
             reader.start()
             try:
                 for _ in items:
@@ -288,6 +291,7 @@ class Runner:
                     _check_interrupt()
                     files, futures = [], []
                     if outputs is not None and error is None:
+                        share(writers.busy())  # the model gets the cores the encoders leave
                         error, files, futures = self._run_item(source, outputs, static, downstream, writers)
                         error = error and f"{item}: {error}"
                     # Reported in order, once the item's writes are done; a skip has no outputs.
@@ -425,14 +429,26 @@ class Runner:
         self.emit(event)
 
 
+def default_jobs() -> int:
+    """Writer threads: one per core this process may use. Encoding (PNG especially) costs far
+    more CPU than the model, so the writers must be able to fill every core while the model
+    waits for a free slot; the encoders release the GIL, so threads run truly in parallel
+    (README, Speed of batches)."""
+    return usable_cores()
+
+
 class _Writers:
-    """A pool of encoder threads with a bounded backlog: submit blocks while 2 x jobs writes
-    are pending, so finished images never pile up in memory; once `hurry` is set it refuses
-    new writes (Interrupted)."""
+    """A pool of encoder threads with a bounded backlog: submit blocks while jobs + BACKLOG
+    writes are pending (running or queued), so finished images never pile up in memory, yet a
+    writer that finishes finds the next image waiting; once `hurry` is set it refuses new
+    writes (Interrupted)."""
+
+    BACKLOG = 2
 
     def __init__(self, jobs: int, hurry: threading.Event | None = None):
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="rt4ksr-writer")
-        self.slots = threading.BoundedSemaphore(2 * jobs)
+        self.slots = threading.BoundedSemaphore(jobs + self.BACKLOG)
+        self.jobs, self.pending, self.lock = jobs, 0, threading.Lock()
         self.recent: list[Future] = []
         self.hurry = hurry or threading.Event()
 
@@ -440,9 +456,21 @@ class _Writers:
         while not self.slots.acquire(timeout=0.05):
             if self.hurry.is_set():
                 raise Interrupted
+        with self.lock:
+            self.pending += 1
         future = self.pool.submit(job)
-        future.add_done_callback(lambda _: self.slots.release())
+        future.add_done_callback(self._done)
         self.recent.append(future)
+
+    def _done(self, _) -> None:
+        with self.lock:
+            self.pending -= 1
+        self.slots.release()
+
+    def busy(self) -> int:
+        """Writer threads at work now."""
+        with self.lock:
+            return min(self.pending, self.jobs)
 
     def collect(self) -> list[Future]:
         """The futures submitted since the last call."""
