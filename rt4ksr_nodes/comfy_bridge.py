@@ -117,6 +117,15 @@ def progress() -> Callable[[int, int], None] | None:
     return headless.progress_factory() if headless.progress_factory else None
 
 
+def cancel_requested() -> bool:
+    """Whether the user asked to stop, without acting on it: inside ComfyUI the request stays
+    for the server to stop the prompt with."""
+    management = _comfy("comfy.model_management")
+    if management is not None:
+        return management.processing_interrupted()
+    return headless.interrupt.is_set()
+
+
 def interrupted() -> bool:
     """True once the user asked to stop (ComfyUI's Cancel button, or the runner's Ctrl-C).
 

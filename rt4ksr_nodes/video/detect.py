@@ -13,6 +13,8 @@ VIDEO_EXTENSIONS = (
 )
 # 18: the first PyAV that writes a display matrix (rotation); ComfyUI itself asks for >= 14.2.
 MIN_PYAV = 18
+# Output extensions and the muxer each selects.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 INSTALL_HINT = f"video needs PyAV >= {MIN_PYAV}: pip install 'rt4ksr-nodes[video]' (or pip install 'av>={MIN_PYAV}')"
 
 
