@@ -183,7 +183,7 @@ def output_target(inputs: list[Path], output: str | None) -> tuple[Path | None, 
         )
     if suffix not in EXTENSIONS + video.OUTPUT_EXTENSIONS:
         raise UsageError(
-            f"--output {output}: {suffix} is not a format this tool writes "
+            f"--output {output}: {suffix} is not an image format or video container this tool writes "
             f"({', '.join(EXTENSIONS + video.OUTPUT_EXTENSIONS)})"
         )
     return path, False

@@ -29,8 +29,9 @@ def available() -> bool:
 
 
 def image_demuxer(name: str) -> bool:
-    """FFmpeg's demuxers for still images (png_pipe, jpeg_pipe, image2, ...): not videos."""
-    return name == "image2" or name.endswith("_pipe")
+    """FFmpeg's demuxers for images, still or animated (png_pipe, image2, gif, apng, ...): the
+    image path reads those."""
+    return name in ("image2", "gif", "apng") or name.endswith("_pipe")
 
 
 def is_video(path: str | os.PathLike) -> bool:
