@@ -6,6 +6,16 @@ Layers, imports flowing one way: model <- engine <- nodes <- runner.
 from .engine import UpscaleCancelled, UpscaleError, UpscaleOutOfMemory, upscale
 from .model import CheckpointError, load_model, reparameterize, save_model
 
+
+def __getattr__(name: str):
+    # upscale_video(model, src, dst, **options) (video.pipeline) needs PyAV: imported on first use.
+    if name == "upscale_video":
+        from .video.pipeline import upscale_video
+
+        return upscale_video
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # The CLI module rt4ksr_nodes/upscale.py is not imported here: importing it rebinds the package
 # attribute `upscale` to that module (made callable as this function for that case).
 
@@ -18,4 +28,5 @@ __all__ = [
     "reparameterize",
     "save_model",
     "upscale",
+    "upscale_video",
 ]

@@ -1,4 +1,5 @@
-"""Quick-inference CLI: `python -m rt4ksr_nodes.upscale --input image.png --scale 2`.
+"""Quick-inference CLI: `python -m rt4ksr_nodes.upscale --input image.png --scale 2` (videos
+too: the video part is video/cli.py).
 
 Exit status: 0 when every output was written (or skipped with --skip-existing), 1 when some
 inputs failed (each named on stderr, the others still done), 2 for usage errors and unusable
@@ -42,6 +43,7 @@ from .imageio import (
     write_image,
 )
 from .model import CheckpointError, load_model
+from .video import cli as video
 
 # How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
 OUTPUT_NAME = re.compile(r"--\d+x$")
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time N runs per image after a warm-up instead of writing outputs",
     )
     parser.add_argument("--progress", action="store_true", help="progress bar even without a TTY")
+    video.add_arguments(parser)
     return parser
 
 
@@ -130,7 +133,7 @@ def _upscale_all(parser: argparse.ArgumentParser, args, tally: Counter) -> int:
         if args.scale is not None and args.scale != model.scale:
             print(f"error: {checkpoint} is a x{model.scale} model, not x{args.scale}", file=sys.stderr)
             return USAGE
-        jobs, problems = plan(args.input, target, is_folder, model.scale)
+        jobs, problems = plan(args.input, target, is_folder, model.scale, args)
     except UsageError as error:
         parser.exit(USAGE, f"{parser.prog}: error: {error}\n")
     for problem in problems:
@@ -166,7 +169,7 @@ def output_target(inputs: list[Path], output: str | None) -> tuple[Path | None, 
     if output.endswith(("/", os.sep)) or path.is_dir():
         return path, True
     if len(inputs) > 1 or inputs[0].is_dir():
-        if suffix in EXTENSIONS:
+        if suffix in EXTENSIONS + video.OUTPUT_EXTENSIONS:
             what = "a folder input" if len(inputs) == 1 else f"{len(inputs)} inputs"
             raise UsageError(
                 f"--output {output} names an image file, but {what} can write several "
@@ -178,16 +181,16 @@ def output_target(inputs: list[Path], output: str | None) -> tuple[Path | None, 
             f"--output {output} has no extension: name a file such as {output}.png, or end it "
             "with / to make it a folder"
         )
-    if suffix not in EXTENSIONS:
+    if suffix not in EXTENSIONS + video.OUTPUT_EXTENSIONS:
         raise UsageError(
-            f"--output {output}: {suffix} is not an image format this tool writes "
-            f"({', '.join(EXTENSIONS)})"
+            f"--output {output}: {suffix} is not an image format or video container this tool writes "
+            f"({', '.join(EXTENSIONS + video.OUTPUT_EXTENSIONS)})"
         )
     return path, False
 
 
 def plan(
-    inputs: list[Path], target: Path | None, is_folder: bool, scale: int
+    inputs: list[Path], target: Path | None, is_folder: bool, scale: int, args: argparse.Namespace
 ) -> tuple[list[Job], list[str]]:
     """The jobs, and the inputs that cannot be used (missing, empty folder, colliding outputs).
     Raises UsageError for outputs that cannot be written at all."""
@@ -210,7 +213,7 @@ def plan(
         if target is not None and not is_folder:
             destination = target
         else:
-            name = f"{source.stem}--{scale}x{_default_suffix(source)}"
+            name = f"{source.stem}--{scale}x{_default_suffix(source, args)}"
             destination = (target if target is not None else source.parent) / name
         if _same_file(source, destination):
             raise UsageError(
@@ -238,13 +241,16 @@ def _folder_images(folder: Path) -> list[Path]:
         for p in folder.iterdir()
         if p.is_file()
         and not p.name.startswith(".")  # hidden: editors' and this tool's temporary files
-        and p.suffix.lower() in EXTENSIONS
+        and p.suffix.lower() in EXTENSIONS + video.VIDEO_EXTENSIONS
         and not OUTPUT_NAME.search(p.stem)  # earlier results, not inputs
     )
 
 
-def _default_suffix(source: Path) -> str:
-    """PNG, except that a GIF stays a GIF and an animation or a multi-page TIFF keeps its kind."""
+def _default_suffix(source: Path, args: argparse.Namespace) -> str:
+    """PNG, except that a GIF stays a GIF and an animation or a multi-page TIFF keeps its kind;
+    a video: its own container when that holds the codec, else the codec's."""
+    if video.is_input(source):
+        return video.output_suffix(source, args)
     suffix = source.suffix.lower()
     if suffix == ".gif":
         return suffix
@@ -266,12 +272,13 @@ def _same_file(source: Path, destination: Path) -> bool:
 def run_job(model, job: Job, args) -> str:
     """Upscale one input: "done", "skipped" or "failed" (the cause reported on stderr)."""
     try:
-        if args.benchmark:
+        is_video = video.is_input(job.source)
+        if args.benchmark and not is_video:
             _benchmark(model, job.source, args)
             return "done"
         if job.destination.exists() and not args.overwrite:
             raise FileExistsError(job.destination)
-        upscale_file(model, job.source, job.destination, args)
+        (video.upscale_file if is_video else upscale_file)(model, job.source, job.destination, args)
     except FileExistsError as error:
         if not job.destination.exists():  # a folder on the way is a file, say
             _report(job.source, error)
