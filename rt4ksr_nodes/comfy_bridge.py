@@ -117,6 +117,29 @@ def progress() -> Callable[[int, int], None] | None:
     return headless.progress_factory() if headless.progress_factory else None
 
 
+def video_input_class() -> type | None:
+    """ComfyUI's VideoInput base class inside a server (None headless)."""
+    for name in ("comfy_api.latest._input", "comfy_api.input"):
+        module = _comfy(name)
+        if module is not None and hasattr(module, "VideoInput"):
+            return module.VideoInput
+    return None
+
+
+_video_classes: dict[type, type] = {}
+
+
+def video_class(cls: type) -> type:
+    """`cls` (which implements ComfyUI's video interface) made a subclass of ComfyUI's
+    VideoInput inside a server, so that nodes checking isinstance accept it; `cls` headless."""
+    base = video_input_class()
+    if base is None:
+        return cls
+    if cls not in _video_classes:
+        _video_classes[cls] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
+    return _video_classes[cls]
+
+
 def interrupted() -> bool:
     """True once the user asked to stop (ComfyUI's Cancel button, or the runner's Ctrl-C).
 

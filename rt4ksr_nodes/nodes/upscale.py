@@ -19,18 +19,23 @@ CUSTOM = "custom"
 ASPECT_MODES = ["crop", "fit"]
 
 
+def engine_device(model, precision: str, height: int, width: int):
+    """ComfyUI's compute device, with room made there for a height x width input."""
+    device = resolve_device(bridge.torch_device())
+    with warnings.catch_warnings():  # the engine itself warns about bf16, once
+        warnings.simplefilter("ignore")
+        dtype = resolve_dtype(precision, device)
+    bridge.free_memory(int(bytes_per_pixel(model, dtype) * height * width), device)
+    return device
+
+
 def run_engine(model, image: torch.Tensor, tile_size: int, precision: str, *, last: bool = True):
     """The engine with ComfyUI's device, memory management, progress bar and interrupts.
 
     The result goes to ComfyUI's intermediate device when `last`, else it stays on the compute
     device for the next step.
     """
-    device = resolve_device(bridge.torch_device())
-    with warnings.catch_warnings():  # the engine itself warns about bf16, once
-        warnings.simplefilter("ignore")
-        dtype = resolve_dtype(precision, device)
-    height, width = image.shape[1:3]
-    bridge.free_memory(int(bytes_per_pixel(model, dtype) * height * width), device)
+    device = engine_device(model, precision, *image.shape[1:3])
     return upscale(
         model,
         image,
