@@ -11,6 +11,9 @@ Prints medians and the differences from the engine's bare network.
 runner: the headless runner's folder batch against the CLI per file; see bench_runner.py.
 
 ray: the folder batch with --backend ray on 1 and 2 local Ray worker nodes; see bench_ray.py.
+
+video: the streaming video pipeline, each stage alone and end to end, with peak memory for a
+short and a long clip; see bench_video.py.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench_ray, bench_runner, bench_speed
+from . import bench_ray, bench_runner, bench_speed, bench_video
 from .engine import upscale
 from .engine.prepare import prepared
 from .engine.tiling import Box, context_for, split, window
@@ -93,7 +96,13 @@ def engine(args: argparse.Namespace) -> None:
         print(f"   ({TILE}-px tiles compute {100 * share:.1f}% extra pixels of context)")
 
 
-COMMANDS = {"all": bench_speed.main, "engine": engine, "runner": bench_runner.main, "ray": bench_ray.main}
+COMMANDS = {
+    "all": bench_speed.main,
+    "engine": engine,
+    "runner": bench_runner.main,
+    "ray": bench_ray.main,
+    "video": bench_video.main,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     bench_runner.add_arguments(commands.add_parser("runner", help="headless folder batch vs per-file CLI"))
     bench_ray.add_arguments(commands.add_parser("ray", help="--backend ray on 1 and 2 local worker nodes"))
+    bench_video.add_arguments(commands.add_parser("video", help="the video pipeline: stages, end to end, memory"))
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "all")

@@ -3,7 +3,7 @@
 # released checkpoints. Offline: RT4KSR_WEIGHTS_FROM=FOLDER bash scripts/setup.sh
 # TORCH_SPEC: pip arguments for torch in a new .venv (default torch==2.13.0), e.g.
 #   TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
-# RT4KSR_EXTRAS: the package's extras to install (default test), e.g. RT4KSR_EXTRAS=test,ray
+# RT4KSR_EXTRAS: the package's extras to install (default test,video), e.g. RT4KSR_EXTRAS=test,ray,video
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

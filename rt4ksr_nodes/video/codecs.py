@@ -203,7 +203,7 @@ def _check_size(codec: Codec, width: int, height: int) -> None:
         raise VideoError(
             f"{codec.name} cannot carry {width}x{height}: at most {codec.max_samples} pixels a "
             f"picture (about {side}x{side * 9 // 16}) and {codec.max_side} px a side; "
-            "use --codec hevc, av1 or ffv1, or a smaller scale"
+            "use --codec ffv1 or prores, or a smaller scale"
         )
 
 
@@ -214,7 +214,9 @@ def _pixel_format(codec: Codec, source: Layout, alpha: bool, four_two_two: bool)
     # The source's depth or the nearest below, else above (ProRes is 10-bit only).
     depths = [bits for bits in (16, 14, 12, 10, 9, 8) if bits <= max(source.bits, 8)]
     depths += [bits for bits in (10, 12, 16) if bits > depths[0]]
-    chromas = ["420" if source.sub_y else "422" if source.sub_x else "444", "422", "444", "420"]
+    # YUV sources keep their subsampling; RGB ones get 4:2:0, what players expect of these codecs.
+    own = "420" if source.sub_y or source.rgb else "422" if source.sub_x else "444"
+    chromas = [own, "422", "444", "420"]
     if four_two_two:
         chromas = ["422"]
     candidates = []

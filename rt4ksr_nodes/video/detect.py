@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from functools import lru_cache
 from pathlib import Path
 
 # Extensions a folder listing takes as videos (a file named directly is recognised by content).
@@ -11,11 +12,19 @@ VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mxf", ".ts", ".mts", ".m2ts", ".flv",
     ".wmv", ".mpg", ".mpeg", ".ogv", ".3gp",
 )
-INSTALL_HINT = "video needs PyAV: pip install 'rt4ksr-nodes[video]' (or pip install av)"
+# 18: the first PyAV that writes a display matrix (rotation); ComfyUI itself asks for >= 14.2.
+MIN_PYAV = 18
+INSTALL_HINT = f"video needs PyAV >= {MIN_PYAV}: pip install 'rt4ksr-nodes[video]' (or pip install 'av>={MIN_PYAV}')"
 
 
+@lru_cache(maxsize=None)
 def available() -> bool:
-    return importlib.util.find_spec("av") is not None
+    """Whether a recent enough PyAV is installed."""
+    if importlib.util.find_spec("av") is None:
+        return False
+    import av
+
+    return int(av.__version__.split(".")[0]) >= MIN_PYAV
 
 
 def image_demuxer(name: str) -> bool:

@@ -30,6 +30,7 @@ import torch
 from ..engine import UpscaleCancelled, upscale, upscale_frames
 from ..fileio import atomic_write
 from .codecs import EncodeOptions, EncoderPlan, muxable, plan
+from .detect import INSTALL_HINT, available
 from .errors import VideoError, VideoWarning
 from .pixels import from_rgb, to_rgb
 from .source import COPIED_TYPES, VideoSource, open_video, probe
@@ -103,6 +104,8 @@ def upscale_video(
     written through a temporary file renamed at the end: interrupted or failed, nothing is left
     under its name.
     """
+    if not available():
+        raise VideoError(INSTALL_HINT)
     source, dst = probe(src), Path(dst)
     options = EncodeOptions(codec=codec, crf=crf, preset=preset, metadata=dict(metadata or {}))
     encoder_plan = plan(source, model.scale, options, dst, alpha)
@@ -190,17 +193,9 @@ class _Job:
         output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in MUXER_TAGS})
         output.metadata.update(self.options.metadata)
         in_video = source.streams.video[0]
-        video = output.add_stream(plan.codec.encoder, rate=info.rate, options=plan.settings)
-        video.width, video.height, video.pix_fmt = plan.width, plan.height, plan.pix_fmt
-        video.codec_context.time_base = info.time_base
-        video.time_base = info.time_base
+        video = add_video_stream(output, info, plan)
         if in_video.sample_aspect_ratio:
             video.codec_context.sample_aspect_ratio = in_video.sample_aspect_ratio
-        plan.colour.tag(video.codec_context)
-        if plan.codec.name.startswith("hevc") and plan.muxer in ("mp4", "mov"):
-            video.codec_tag = "hvc1"  # what Apple players require for HEVC
-        if info.display_matrix is not None:
-            video.set_display_matrix(list(info.display_matrix))
         _copy_tags(in_video, video)
         copied = {}
         for stream in source.streams:
@@ -356,6 +351,21 @@ class _Job:
             except queue.Empty:
                 pass
         raise _Stopped
+
+
+def add_video_stream(output, source: VideoSource, plan: EncoderPlan) -> av.VideoStream:
+    """The output's video stream as `plan` says: encoder and options, size, pixel format, the
+    source's time base and frame rate, colour tags and display matrix."""
+    video = output.add_stream(plan.codec.encoder, rate=source.rate, options=plan.settings)
+    video.width, video.height, video.pix_fmt = plan.width, plan.height, plan.pix_fmt
+    video.codec_context.time_base = source.time_base
+    video.time_base = source.time_base
+    plan.colour.tag(video.codec_context)
+    if plan.codec.name.startswith("hevc") and plan.muxer in ("mp4", "mov"):
+        video.codec_tag = "hvc1"  # what Apple players require for HEVC
+    if source.display_matrix is not None:
+        video.set_display_matrix(list(source.display_matrix))
+    return video
 
 
 def _upscale_wide(model, pixels: np.ndarray, alpha: str, cancel, engine_options: dict) -> np.ndarray:
