@@ -124,14 +124,14 @@ class UpscaledVideo:
                 )
             log.warning("%s: the node after it asks for every frame at once: %s, %.2f GiB in memory "
                         "(Save Video streams instead)", NAME, size, needed / 2**30)
-            lossless = Path(workdir) / "upscaled.mkv"
+            lossless = Path(workdir) / "upscaled.mp4"
             self._render(source, lossless, "ffv1", None, None)
             return FileVideo(lossless).get_components()
 
     def _source_file(self, workdir: Path) -> Path:
         """A file with the source clip: a chained upscale is rendered losslessly first."""
         if isinstance(self.source, UpscaledVideo):
-            path = workdir / "chained.mkv"
+            path = workdir / "chained.mp4"
             self.source._render(self.source._source_file(workdir), path, "ffv1", None, None)
             return path
         return source_path(self.source, workdir)

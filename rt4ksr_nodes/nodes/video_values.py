@@ -168,7 +168,7 @@ def frame_rate_of(components: Components) -> Fraction:
 def encode(components: Components, path, codec: str, metadata: dict | None = None) -> None:
     """Write frames and audio: "h264" as ComfyUI's VideoFromComponents does (yuv420p, x264's
     defaults, AAC, truncating quantisation); "ffv1" for lossless intermediate clips (RGB,
-    frames as they are quantised for h264, in .mkv)."""
+    frames as they are quantised for h264)."""
     import av
 
     images = components.images
@@ -251,7 +251,7 @@ def source_path(video, workdir: Path) -> Path:
         source.seek(0)
         path.write_bytes(source.read())
         return path
-    path = workdir / "source.mkv"
+    path = workdir / "source.mp4"  # MP4 keeps the 1 / frame rate time base (Matroska rounds to ms)
     encode(video.get_components(), path, "ffv1")
     return path
 
