@@ -1,0 +1,167 @@
+"""Video in a real ComfyUI server: core Load Video -> Upscale Video (RT4KSR) -> core Save Video
+(the example workflow) gives the headless runner's video, frame for frame; Create Video's
+frames and Get Video Components work across the pack's lazy VIDEO; Cancel stops a clip.
+
+Skipped unless COMFYUI_DIR names a ComfyUI checkout (COMFYUI_PYTHON: its Python, with PyAV).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ground_truth import ROOT, checkpoint_path
+from runner_helpers import folders  # noqa: F401 - fixture
+from test_comfyui_integration import http, server  # noqa: F401 - fixture
+from rt4ksr_nodes import load_model, upscale
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_DIR"), reason="set COMFYUI_DIR to a ComfyUI checkout to run the server test"
+)
+av = pytest.importorskip("av")
+EXAMPLE = "rt4ksr_x2_720p_to_1440p"
+
+
+def queue(url: str, prompt: dict, extra_pnginfo: dict | None = None) -> str:
+    body = {"prompt": prompt, "client_id": "rt4ksr-video-test"}
+    if extra_pnginfo:
+        body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
+    return http(url + "/prompt", body)["prompt_id"]
+
+
+def finished(url: str, prompt_id: str, base) -> dict:
+    deadline = time.time() + 600
+    while not (history := http(f"{url}/history/{prompt_id}")):
+        assert time.time() < deadline, (base / "server.log").read_text()[-4000:]
+        time.sleep(1)
+    return history[prompt_id]
+
+
+def contents(path) -> dict:
+    """Frames (RGB, FFmpeg's conversion: the same for both files), their timestamps, the audio
+    packets and the container's tags."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames, stamps = [], []
+        for frame in container.decode(video):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            stamps.append(frame.pts)
+        container.seek(0)
+        audio = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+        return {"frames": np.stack(frames), "stamps": stamps, "time_base": video.time_base,
+                "audio": audio, "tags": dict(container.metadata)}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255**2 / error))
+
+
+@pytest.mark.parametrize("codec", ["ffv1", "h264"])
+def test_example_runs_in_the_server_as_headless(server, folders, monkeypatch, codec):
+    """ffv1: lossless, the decoded frames identical (up to the float rounding of two torch
+    versions); h264: the example as shipped, >= 45 dB apart. Both: frame count, timestamps,
+    audio packets, and the prompt and workflow in the file's tags."""
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / f"{EXAMPLE}.api.json").read_text())
+    prompt["3"]["inputs"]["codec"] = codec
+    workflow = {"workflow": json.loads((ROOT / "workflows" / f"{EXAMPLE}.json").read_text())}
+    entry = finished(url, queue(url, prompt, workflow), base)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = entry["outputs"]["4"]["images"][0]
+    assert saved["subfolder"] == "video" and saved["filename"].startswith("rt4ksr_x2_1440p_")
+    served = contents(base / "output" / "video" / saved["filename"])
+
+    from rt4ksr_nodes.runner import registry
+    from rt4ksr_nodes.runner.execute import Runner
+
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(2).parent))
+    shutil.copy(ROOT / "workflows" / "inputs" / prompt["1"]["inputs"]["file"], folders[0])
+    summary = Runner(prompt, registry.node_classes(), extra_pnginfo=workflow).run()
+    assert (summary.done, summary.failed) == (1, 0), summary.failures
+    ours = contents(folders[1] / "video" / "rt4ksr_x2_1440p_00001_.mp4")
+
+    assert served["frames"].shape == ours["frames"].shape == (12, 1440, 2560, 3)
+    assert (served["stamps"], served["time_base"]) == (ours["stamps"], ours["time_base"])
+    assert served["audio"] == ours["audio"] and served["audio"]
+    for tags in (served["tags"], ours["tags"]):
+        assert json.loads(tags["prompt"]) == prompt
+        assert json.loads(tags["workflow"]) == workflow["workflow"]
+    if codec == "ffv1":
+        difference = np.abs(served["frames"].astype(np.int16) - ours["frames"].astype(np.int16))
+        assert difference.max() <= 1 and (difference == 0).mean() >= 0.999
+    else:
+        assert psnr(served["frames"], ours["frames"]) >= 45
+
+
+def test_lossless_output_is_the_engine_on_an_independent_decode(server):
+    """The server's lossless file against the engine run here on the input decoded by PyAV
+    with BT.709 (the clip's tags), each frame on its own."""
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / f"{EXAMPLE}.api.json").read_text())
+    prompt["3"]["inputs"]["codec"] = "ffv1"
+    prompt["4"]["inputs"]["filename_prefix"] = "video/independent"
+    entry = finished(url, queue(url, prompt), base)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    served = contents(base / "output" / "video" / entry["outputs"]["4"]["images"][0]["filename"])["frames"]
+    model = load_model(checkpoint_path(2))
+    source = ROOT / "workflows" / "inputs" / prompt["1"]["inputs"]["file"]
+    with av.open(str(source)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index % 4:
+                continue  # every fourth frame keeps the test short
+            rgb = frame.reformat(format="rgb24", src_colorspace=av.video.reformatter.Colorspace.ITU709).to_ndarray()
+            image = torch.from_numpy(rgb.astype(np.float32) / 255.0)[None]
+            expected = (upscale(model, image)[0].clamp(0, 1) * 255).round().byte().numpy()
+            assert psnr(served[index], expected) >= 40, index
+
+
+def test_frames_in_and_frames_out_in_the_server(server):
+    """Create Video (frames in memory, no file) into the pack's node, saved by core Save Video
+    as mp4/h264, and Get Video Components asking the lazy VIDEO for its frames."""
+    url, base = server
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "dusk_640x360.png"}},
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 24}},
+        "3": {"class_type": "RT4KSRModelLoader", "inputs": {"model_name": "rt4ksr_x2.pth", "reparameterize": True}},
+        "4": {"class_type": "RT4KSRUpscaleVideo", "inputs": {"model": ["3", 0], "video": ["2", 0], "tile_size": 0,
+                                                              "precision": "auto", "codec": "ffv1", "crf": -1}},
+        "5": {"class_type": "SaveVideo", "inputs": {"video": ["4", 0], "filename_prefix": "video/frames",
+                                                     "format": "mp4", "codec": "h264"}},
+        "6": {"class_type": "GetVideoComponents", "inputs": {"video": ["4", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "components"}},
+    }
+    entry = finished(url, queue(url, prompt), base)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    video = contents(base / "output" / "video" / entry["outputs"]["5"]["images"][0]["filename"])
+    assert video["frames"].shape == (1, 720, 1280, 3)
+    with av.open(str(base / "output" / "video" / entry["outputs"]["5"]["images"][0]["filename"])) as container:
+        assert container.streams.video[0].codec_context.name == "h264"  # Save Video's codec wins
+    from PIL import Image
+
+    still = np.asarray(Image.open(base / "output" / entry["outputs"]["7"]["images"][0]["filename"]))
+    assert still.shape == (720, 1280, 3)
+    assert psnr(still, video["frames"][0]) >= 35  # lossless frames vs the H.264 file
+
+
+def test_cancel_stops_the_clip_and_leaves_no_file(server):
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_1080p_to_4k_video.api.json").read_text())
+    prompt["4"]["inputs"]["filename_prefix"] = "video/cancelled"
+    prompt_id = queue(url, prompt)
+    deadline = time.time() + 120
+    while not http(url + "/queue")["queue_running"]:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    time.sleep(8)  # into the clip
+    http(url + "/interrupt", {})
+    entry = finished(url, prompt_id, base)
+    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), entry["status"]
+    folder = base / "output" / "video"
+    assert not [p for p in folder.iterdir() if p.name.startswith((".cancelled", "cancelled"))]
