@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -53,7 +54,8 @@ def contents(path) -> dict:
             frames.append(frame.to_ndarray(format="rgb24"))
             stamps.append(frame.pts)
         container.seek(0)
-        audio = [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+        sound = container.streams.audio
+        audio = [bytes(p) for p in container.demux(sound[0]) if p.size] if sound else []
         return {"frames": np.stack(frames), "stamps": stamps, "time_base": video.time_base,
                 "audio": audio, "tags": dict(container.metadata)}
 
@@ -160,8 +162,45 @@ def test_cancel_stops_the_clip_and_leaves_no_file(server):
         assert time.time() < deadline
         time.sleep(0.2)
     time.sleep(8)  # into the clip
-    http(url + "/interrupt", {})
+    urllib.request.urlopen(urllib.request.Request(url + "/interrupt", data=b"{}", method="POST"), timeout=30)
     entry = finished(url, prompt_id, base)
     assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), entry["status"]
     folder = base / "output" / "video"
     assert not [p for p in folder.iterdir() if p.name.startswith((".cancelled", "cancelled"))]
+
+
+def peak_rss(base) -> int:
+    """The server process's peak resident memory so far (Linux: VmHWM), in bytes."""
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"main.py" in arguments and str(base).encode() in arguments:
+                status = (entry / "status").read_text()
+                return 1024 * int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+        except (OSError, ValueError):
+            continue
+    pytest.skip("cannot find the server's process (needs Linux /proc)")
+
+
+def test_server_memory_stays_flat_for_a_clip_ten_times_longer(server):
+    """12 then 120 frames of 320x180 upscaled in the server: the peak memory does not grow with
+    the clip (materialising the 120 upscaled frames would take 330 MB as floats)."""
+    from video_clips import write_clip
+
+    url, base = server
+    texture = (np.random.RandomState(0).rand(180, 320, 3) * 255).astype(np.uint8)
+    peaks = []
+    for count in (12, 120):
+        write_clip(base / "input" / f"flat_{count}.mp4", [np.roll(texture, 2 * i, axis=1) for i in range(count)],
+                   audio=True)
+        prompt = json.loads((ROOT / "workflows" / f"{EXAMPLE}.api.json").read_text())
+        prompt["1"]["inputs"]["file"] = f"flat_{count}.mp4"
+        prompt["4"]["inputs"]["filename_prefix"] = f"video/flat_{count}"
+        entry = finished(url, queue(url, prompt), base)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        with av.open(str(base / "output" / "video" / entry["outputs"]["4"]["images"][0]["filename"])) as container:
+            assert container.streams.video[0].frames == count
+        peaks.append(peak_rss(base))
+    assert peaks[1] <= peaks[0] + 64 * 2**20, [p / 2**20 for p in peaks]

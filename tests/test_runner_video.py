@@ -20,7 +20,7 @@ from rt4ksr_nodes.runner.execute import Runner
 from rt4ksr_nodes.runner.validate import validate
 
 av = pytest.importorskip("av")
-EXAMPLES = ["rt4ksr_x2_720p_to_1440p", "rt4ksr_x2_1080p_to_4k_video"]
+EXAMPLES = ["rt4ksr_x2_720p_to_1440p", "rt4ksr_x2_1080p_to_4k_video", "rt4ksr_x2_video_folder_batch"]
 
 
 @pytest.fixture(autouse=True)
