@@ -204,3 +204,15 @@ def test_server_memory_stays_flat_for_a_clip_ten_times_longer(server):
             assert container.streams.video[0].frames == count
         peaks.append(peak_rss(base))
     assert peaks[1] <= peaks[0] + 64 * 2**20, [p / 2**20 for p in peaks]
+
+
+def test_object_info_lists_the_video_nodes(server):
+    url, _ = server
+    info = http(url + "/object_info")
+    names = {"RT4KSRUpscaleVideo": "Upscale Video (RT4KSR)", "RT4KSRLoadVideoFolder": "Load Video Folder (RT4KSR)",
+             "RT4KSRSaveVideoBatch": "Save Video Batch (RT4KSR)"}
+    for name, display in names.items():
+        assert info[name]["display_name"] == display
+    assert info["RT4KSRUpscaleVideo"]["output"] == ["VIDEO"]
+    assert info["RT4KSRUpscaleVideo"]["input"]["required"]["video"][0] == "VIDEO"
+    assert info["SaveVideo"]["input"]["required"]["video"][0] == "VIDEO"  # what it feeds

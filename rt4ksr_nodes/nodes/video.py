@@ -138,17 +138,21 @@ class UpscaledVideo:
 
     def _render(self, source: Path, destination: Path, codec: str, crf: int | None, metadata: dict | None) -> None:
         """The one call into the video pipeline, with ComfyUI's device, progress bar and Cancel."""
+        from ..video.errors import VideoError
         from ..video.pipeline import upscale_video
 
         width, height = self.source.get_dimensions()
         bar = bridge.progress()
-        upscale_video(
-            self.model, source, destination, codec=codec, crf=crf, metadata=tags(metadata, keep_text=True),
-            tile_size=self.tile_size, precision=self.precision,
-            device=engine_device(self.model, self.precision, height, width), overwrite=True,
-            progress=(lambda done, total: bar(done, total or done)) if bar else None,
-            cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
-        )
+        try:
+            upscale_video(
+                self.model, source, destination, codec=codec, crf=crf, metadata=tags(metadata, keep_text=True),
+                tile_size=self.tile_size, precision=self.precision,
+                device=engine_device(self.model, self.precision, height, width), overwrite=True,
+                progress=(lambda done, total: bar(done, total or done)) if bar else None,
+                cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
+            )
+        except VideoError as error:  # raised by Save Video's call: say which node's settings
+            raise VideoError(f"{NAME}: {error}") from error
 
 
 def available_memory() -> int:

@@ -147,6 +147,8 @@ class RT4KSRSaveVideoBatch:
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    OUTPUT_TOOLTIPS = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
 
