@@ -14,6 +14,7 @@ from PIL import Image
 
 from ground_truth import ROOT, shared_path
 from runner_helpers import folders, write_png  # noqa: F401 - fixture
+from test_runner_frontend_pairs import sent
 from video_clips import decode, frame_times, packets, pictures, write_clip
 from rt4ksr_nodes.runner import cli, convert, registry
 from rt4ksr_nodes.runner.execute import Runner
@@ -55,10 +56,12 @@ def run(prompt, **options):
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_workflows_convert_exactly(name):
-    """Saved from the real editor (frontend 1.27.10): Load Video's upload button is a saved,
-    unsent widget value, as Load Image's."""
+    """Made in the real editor (ComfyUI 0.3.64, frontend 1.27.10, as tests/data/frontend's
+    pairs): the .json as saved, the .api.json as exported after loading it. Load Video's upload
+    button is a saved, unsent widget value, as Load Image's; its preview is sent, never saved,
+    and ignored by the server."""
     ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
-    api = json.loads((ROOT / "workflows" / f"{name}.api.json").read_text())
+    api = sent(json.loads((ROOT / "workflows" / f"{name}.api.json").read_text()))
     assert convert.to_api(ui) == api
 
 
