@@ -213,6 +213,20 @@ def test_alpha_video_keeps_alpha(tmp_path, fused_models, train_models):
     assert np.abs(frame.to_ndarray(format="rgba")[..., 3].astype(int) - expected_alpha).max() <= 2
 
 
+def test_vp9_alpha_webm_keeps_alpha(tmp_path, fused_models):
+    alpha = np.full((48, 64, 1), 255, np.uint8)
+    alpha[8:40, 8:40] = 60
+    source = tmp_path / "overlay.webm"
+    write_clip(source, [np.dstack([p, alpha]) for p in pictures(4, 48, 64)], codec="libvpx-vp9",
+               pix_fmt="yuva420p", rgb_format="rgba")
+    assert probe(source).layout.alpha  # read through libvpx: FFmpeg's own VP9 decoder drops alpha
+    upscale_video(fused_models[2], source, tmp_path / "overlay--2x.webm")  # default for .webm + alpha: VP9
+    frames = decode(tmp_path / "overlay--2x.webm", "rgba", decoder="libvpx-vp9")[0]
+    assert len(frames) == 4 and frames[0].shape == (96, 128, 4)
+    assert abs(float(np.median(frames[0][24:72, 24:72, 3])) - 60) <= 3
+    assert float(np.median(frames[0][:8, :, 3])) >= 252
+
+
 def test_odd_sizes_cropped_for_420_kept_by_ffv1(tmp_path, fused_models):
     source = tmp_path / "odd.mkv"
     write_clip(source, pictures(3, 15, 21), codec="ffv1", pix_fmt="bgr0")

@@ -110,13 +110,15 @@ def _fill(plane, values: np.ndarray) -> None:
     plane.update(buffer.tobytes())
 
 
-def decode(path, rgb_format: str = "rgb24") -> tuple[list[np.ndarray], list[int], Fraction]:
+def decode(path, rgb_format: str = "rgb24", decoder: str | None = None) -> tuple[list[np.ndarray], list[int], Fraction]:
     """Every frame of the first video stream as `rgb_format` arrays (PyAV's own conversion),
-    their pts and the stream's time base."""
+    their pts and the stream's time base. decoder: an FFmpeg decoder to use instead of the
+    stream's default (libvpx-vp9 reads VP9's alpha)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        context = stream.codec_context if decoder is None else av.CodecContext.create(decoder, "r")
         frames, stamps = [], []
-        for frame in container.decode(stream):
+        for frame in (f for packet in container.demux(stream) for f in context.decode(packet)):
             frames.append(frame.to_ndarray(format=rgb_format))
             stamps.append(frame.pts)
         return frames, stamps, stream.time_base

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -20,10 +19,10 @@ INSTALL_HINT = f"video needs PyAV >= {MIN_PYAV}: pip install 'rt4ksr-nodes[video
 @lru_cache(maxsize=None)
 def available() -> bool:
     """Whether a recent enough PyAV is installed."""
-    if importlib.util.find_spec("av") is None:
+    try:
+        import av
+    except ImportError:
         return False
-    import av
-
     return int(av.__version__.split(".")[0]) >= MIN_PYAV
 
 

@@ -33,7 +33,7 @@ from .codecs import EncodeOptions, EncoderPlan, muxable, plan
 from .detect import INSTALL_HINT, available
 from .errors import VideoError, VideoWarning
 from .pixels import from_rgb, to_rgb
-from .source import COPIED_TYPES, VideoSource, open_video, probe
+from .source import COPIED_TYPES, VideoSource, decoder, main_stream, open_video, probe
 
 Progress = Callable[[int, "int | None"], None]
 Cancel = Callable[[], bool]
@@ -43,8 +43,11 @@ QUEUE_FRAMES = 4  # frames waiting between two stages (packets of other streams 
 MAX_CORRUPTION_WARNINGS = 20
 # Container tags the muxer writes itself; copying the source's would leave them stale.
 MUXER_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder")
-# Stream tags describing the old encoding (Matroska statistics, the old encoder).
-STALE_STREAM_TAGS = ("encoder", "duration", "bps", "number_of_frames", "number_of_bytes", "_statistics")
+# Stream tags describing the old encoding (Matroska statistics, the old encoder, WebM's alpha
+# flag, which the muxer sets again when the new stream has alpha).
+STALE_STREAM_TAGS = (
+    "encoder", "duration", "bps", "number_of_frames", "number_of_bytes", "_statistics", "alpha_mode",
+)
 
 
 @dataclass(frozen=True)
@@ -192,14 +195,14 @@ class _Job:
         plan, info = self.plan, self.source
         output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in MUXER_TAGS})
         output.metadata.update(self.options.metadata)
-        in_video = source.streams.video[0]
+        in_video = main_stream(source)
         video = add_video_stream(output, info, plan)
         if in_video.sample_aspect_ratio:
             video.codec_context.sample_aspect_ratio = in_video.sample_aspect_ratio
         _copy_tags(in_video, video)
         copied = {}
         for stream in source.streams:
-            if stream.type not in COPIED_TYPES:
+            if stream.type not in COPIED_TYPES or stream.index == in_video.index:
                 continue
             name = stream.codec_context.name if stream.codec_context else "unknown"
             if not muxable(plan.muxer, name):
@@ -240,8 +243,8 @@ class _Job:
             self.stop.set()
 
     def _decode(self, source, copied: dict) -> None:
-        video = source.streams.video[0]
-        video.thread_type = "AUTO"
+        video = main_stream(source)
+        context = decoder(video)
         time_base = video.time_base
         last = None  # (pts, duration) of the previous frame
         streams = [video] + [source.streams[index] for index in copied]
@@ -252,9 +255,9 @@ class _Job:
                         self._put(self.decoded, packet)
                     continue
                 try:
-                    frames = video.decode(packet)
+                    frames = context.decode(packet)
                 except av.FFmpegError as error:
-                    errors.append((av.logging.ERROR, video.codec_context.name, str(error)))
+                    errors.append((av.logging.ERROR, context.name, str(error)))
                     frames = []
                 if errors:  # FFmpeg conceals what it can; the job goes on
                     self._report_corruption(errors, packet.pts, time_base)

@@ -15,13 +15,13 @@ from .detect import image_demuxer
 from .errors import VideoError
 from .pixels import Colour, Layout
 
-# Stream types copied packet for packet.
-COPIED_TYPES = ("audio", "subtitle", "data", "attachment")
+# Stream types copied packet for packet (other video streams, cover art among them, too).
+COPIED_TYPES = ("video", "audio", "subtitle", "data", "attachment")
 
 
 @dataclass(frozen=True)
 class VideoSource:
-    """A video file's first video stream, as the pipeline needs it before any work starts."""
+    """A video file's main video stream, as the pipeline needs it before any work starts."""
 
     path: Path
     width: int
@@ -49,12 +49,28 @@ def open_video(path: str | os.PathLike) -> av.container.InputContainer:
     return container
 
 
+def decoder(stream) -> av.CodecContext:
+    """The stream's decoder. VP8/VP9 with alpha (WebM's alpha_mode tag) need libvpx's: FFmpeg's
+    own decoders ignore the alpha plane."""
+    alpha = any(key.lower() == "alpha_mode" and value == "1" for key, value in stream.metadata.items())
+    libvpx = {"vp9": "libvpx-vp9", "vp8": "libvpx"}.get(stream.codec_context.name)
+    context = av.CodecContext.create(libvpx, "r") if alpha and libvpx in av.codecs_available else stream.codec_context
+    context.thread_type = "AUTO"
+    return context
+
+
+def main_stream(container) -> av.VideoStream:
+    """The video stream to upscale: the first that is not a still (cover art)."""
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    return (moving or list(container.streams.video))[0]
+
+
 def probe(path: str | os.PathLike) -> VideoSource:
-    """Describe the file's first video stream; decodes only its first frame (the pixel format,
+    """Describe the file's main video stream; decodes only its first frame (the pixel format,
     colour tags and display matrix as the decoder reports them)."""
     path = Path(path)
     with open_video(path) as container:
-        stream = container.streams.video[0]
+        stream = main_stream(container)
         first = _first_frame(container, stream, path)
         layout = Layout.of(first.format.name)
         rate = stream.average_rate or stream.guessed_rate
@@ -78,9 +94,11 @@ def probe(path: str | os.PathLike) -> VideoSource:
 
 
 def _first_frame(container, stream, path: Path) -> av.VideoFrame:
+    context = decoder(stream)
     try:
-        for frame in container.decode(stream):
-            return frame
+        for packet in container.demux(stream):
+            for frame in context.decode(packet):
+                return frame
     except av.FFmpegError as error:
         raise VideoError(f"{path}: cannot decode its video stream ({error})") from error
     raise VideoError(f"{path}: its video stream has no frames")
