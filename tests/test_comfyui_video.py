@@ -217,3 +217,26 @@ def test_object_info_lists_the_video_nodes(server):
     assert info["RT4KSRUpscaleVideo"]["output"] == ["VIDEO"]
     assert info["RT4KSRUpscaleVideo"]["input"]["required"]["video"][0] == "VIDEO"
     assert info["SaveVideo"]["input"]["required"]["video"][0] == "VIDEO"  # what it feeds
+
+
+def test_folder_of_clips_in_the_server(server):
+    """Load Video Folder gives ComfyUI a list: Upscale Video and Save Video Batch run once per
+    clip; a file that is not a video is skipped (logged), the others are saved."""
+    from video_clips import pictures, write_clip
+
+    url, base = server
+    folder = base / "input" / "tiny_clips"
+    folder.mkdir()
+    write_clip(folder / "a.mp4", pictures(3, 32, 40), audio=True)
+    write_clip(folder / "b.mkv", pictures(2, 32, 40))
+    (folder / "c.mp4").write_bytes(b"not a video")
+    prompt = json.loads((ROOT / "workflows" / "rt4ksr_x2_video_folder_batch.api.json").read_text())
+    prompt["1"]["inputs"].update(folder="tiny_clips", pattern="*")
+    prompt["4"]["inputs"]["subfolder"] = "tiny_x2"
+    entry = finished(url, queue(url, prompt), base)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    written = sorted(p.name for p in (base / "output" / "tiny_x2").iterdir())
+    assert written == ["a--2x.mp4", "b--2x.mp4"]
+    with av.open(str(base / "output" / "tiny_x2" / "a--2x.mp4")) as container:
+        assert (container.streams.video[0].width, container.streams.video[0].frames) == (80, 3)
+        assert container.streams.audio
