@@ -1,11 +1,10 @@
 """The headless runner with video: core Load Video / Save Video / Create Video / Get Video
 Components as the server has them, Upscale Video (RT4KSR) streaming into Save Video, and folders
-of clips (stable names, --resume, a broken clip failing alone, --backend ray)."""
+of clips (stable names, --resume, a broken clip failing alone; --backend ray: test_runner_ray.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 from fractions import Fraction
 
 import numpy as np
@@ -16,7 +15,7 @@ from ground_truth import ROOT, shared_path
 from runner_helpers import folders, write_png  # noqa: F401 - fixture
 from test_runner_frontend_pairs import sent
 from video_clips import decode, frame_times, packets, pictures, write_clip
-from rt4ksr_nodes.runner import cli, convert, registry
+from rt4ksr_nodes.runner import convert, registry
 from rt4ksr_nodes.runner.execute import Runner
 from rt4ksr_nodes.runner.validate import validate
 
@@ -145,7 +144,8 @@ def test_save_video_of_a_loaded_clip_copies_its_streams(folders):
 
 
 def clips(folder):
-    (folder / "clips").mkdir()
+    """clips/: one.mp4 (with audio), two.mkv, broken.mp4 (not a video), notes.txt (not listed)."""
+    (folder / "clips").mkdir(parents=True)
     write_clip(folder / "clips" / "one.mp4", pictures(3, 32, 40), audio=True)
     write_clip(folder / "clips" / "two.mkv", pictures(2, 24, 40, step=5))
     (folder / "clips" / "broken.mp4").write_bytes(b"not a video")
@@ -166,24 +166,6 @@ def test_folder_of_clips_resume_and_a_broken_clip(folders):
     again = run(folder_prompt(), resume=True)
     assert (again.skipped, again.done, again.failed) == (2, 0, 1)
     assert {p: p.stat().st_mtime_ns for p in (folders[1] / "sr").iterdir()} == before
-
-
-def test_folder_of_clips_on_ray(folders, tmp_path):
-    """--backend ray spreads the clips over workers; the files decode to the local backend's."""
-    pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'rt4ksr-nodes[ray]')")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    clips(folders[0])
-    workflow = tmp_path / "clips.api.json"
-    workflow.write_text(json.dumps(folder_prompt()))
-    base = ["--input-dir", str(folders[0]), "--json"]
-    assert cli.main([str(workflow), *base, "--output-dir", str(tmp_path / "local")]) == cli.FAILED
-    assert cli.main([str(workflow), *base, "--output-dir", str(tmp_path / "ray"), "--backend", "ray",
-                     "--ray-workers", "2"]) == cli.FAILED
-    for name in ("one--2x.mp4", "two--2x.mp4"):
-        local, spread = decode(tmp_path / "local" / "sr" / name), decode(tmp_path / "ray" / "sr" / name)
-        assert local[1] == spread[1]
-        assert all(np.array_equal(a, b) for a, b in zip(local[0], spread[0]))
-    assert not (tmp_path / "ray" / "sr" / "broken--2x.mp4").exists()
 
 
 def test_components_frame_rate_is_rounded_as_comfyui(folders):
