@@ -20,6 +20,7 @@ import torch
 from ground_truth import ROOT, checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
 from test_comfyui_integration import http, server  # noqa: F401 - fixture
+from test_video_nodes import DROPPED
 from rt4ksr_nodes import load_model, upscale
 
 pytestmark = pytest.mark.skipif(
@@ -93,6 +94,7 @@ def test_example_runs_in_the_server_as_headless(server, folders, monkeypatch, co
     assert (served["stamps"], served["time_base"]) == (ours["stamps"], ours["time_base"])
     assert served["audio"] == ours["audio"] and served["audio"]
     for tags in (served["tags"], ours["tags"]):
+        assert "prompt" in tags, DROPPED
         saved_prompt = json.loads(tags["prompt"])
         for node in saved_prompt.values():
             node.pop("is_changed", None)  # the server's own note of each node's change signature

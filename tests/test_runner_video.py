@@ -14,6 +14,7 @@ from PIL import Image
 from ground_truth import ROOT, shared_path
 from runner_helpers import folders, write_png  # noqa: F401 - fixture
 from test_runner_frontend_pairs import sent
+from test_video_nodes import DROPPED
 from video_clips import decode, frame_times, packets, pictures, write_clip
 from rt4ksr_nodes.runner import convert, registry
 from rt4ksr_nodes.runner.execute import Runner
@@ -41,7 +42,8 @@ def upscale_prompt(file="clip.mp4", codec="ffv1", prefix="video/ComfyUI"):
 
 def folder_prompt(template="{stem}--2x"):
     prompt = upscale_prompt()
-    prompt["1"] = {"class_type": "RT4KSRLoadVideoFolder", "inputs": {"folder": "clips", "pattern": "*", "recursive": False}}
+    prompt["1"] = {"class_type": "RT4KSRLoadVideoFolder",
+                   "inputs": {"folder": "clips", "pattern": "*", "recursive": False}}
     prompt["4"] = {"class_type": "RT4KSRSaveVideoBatch", "inputs": {
         "video": ["3", 0], "path": ["1", 2], "name_template": template, "subfolder": "sr", "container": "mp4"}}
     return prompt
@@ -77,6 +79,7 @@ def test_load_upscale_save_streams_with_the_servers_names_and_metadata(folders):
     assert [t for t, _ in frame_times(first)] == [t for t, _ in frame_times(folders[0] / "clip.mp4")]
     assert [p for p, _ in packets(first, "audio")] == [p for p, _ in packets(folders[0] / "clip.mp4", "audio")]
     with av.open(str(first)) as container:
+        assert "prompt" in container.metadata, DROPPED
         assert json.loads(container.metadata["prompt"])["3"]["class_type"] == "RT4KSRUpscaleVideo"
         assert json.loads(container.metadata["workflow"]) == workflow
 

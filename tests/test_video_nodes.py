@@ -26,6 +26,7 @@ from rt4ksr_nodes.nodes.video import RT4KSRUpscaleVideo, UpscaledVideo
 from rt4ksr_nodes.nodes.video_values import Components, ComponentsVideo, FileVideo
 
 av = pytest.importorskip("av")
+DROPPED = "MP4 dropped the tag: the video pipeline must open MP4 outputs with movflags=use_metadata_tags"
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,7 @@ def test_save_to_writes_comfy_metadata(model, rgb_clip, tmp_path):
     out = tmp_path / "tagged.mp4"
     lazy(model, FileVideo(rgb_clip)).save_to(str(out), metadata={"prompt": prompt, "workflow": workflow})
     with av.open(str(out)) as container:
+        assert "prompt" in container.metadata, DROPPED
         assert json.loads(container.metadata["prompt"]) == prompt
         assert json.loads(container.metadata["workflow"]) == workflow
 
