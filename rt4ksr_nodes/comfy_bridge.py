@@ -126,7 +126,7 @@ def video_input_class() -> type | None:
     return None
 
 
-_video_classes: dict[type, type] = {}
+_video_classes: dict[tuple[type, type], type] = {}
 
 
 def video_class(cls: type) -> type:
@@ -135,9 +135,9 @@ def video_class(cls: type) -> type:
     base = video_input_class()
     if base is None:
         return cls
-    if cls not in _video_classes:
-        _video_classes[cls] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
-    return _video_classes[cls]
+    if (cls, base) not in _video_classes:
+        _video_classes[cls, base] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
+    return _video_classes[cls, base]
 
 
 def interrupted() -> bool:
