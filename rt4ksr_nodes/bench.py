@@ -8,7 +8,11 @@ frame and with 256-px tiles (tile_size is a tile's core; each interior side adds
 context), and the module load_model returns run bare, on synthetic frames, fp32 on the CPU.
 Prints medians and the differences from the engine's bare network.
 
-runner: the headless runner's folder batch against the CLI per file; see bench_runner.py.
+runner: the headless runner's folder batch per output format, against what its stages cost
+alone (pipeline efficiency), optionally against the CLI per file; see bench_runner.py.
+
+encoders: the PNG/TIFF/WebP encoders this pack uses against maintained alternatives; see
+bench_encoders.py.
 
 ray: the folder batch with --backend ray on 1 and 2 local Ray worker nodes; see bench_ray.py.
 
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench_ray, bench_runner, bench_speed, bench_video
+from . import bench_encoders, bench_ray, bench_runner, bench_speed, bench_video
 from .engine import upscale
 from .engine.prepare import prepared
 from .engine.tiling import Box, context_for, split, window
@@ -101,6 +105,7 @@ COMMANDS = {
     "engine": engine,
     "runner": bench_runner.main,
     "ray": bench_ray.main,
+    "encoders": bench_encoders.main,
     "video": bench_video.main,
 }
 
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     engine_parser.add_argument(
         "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
     )
-    bench_runner.add_arguments(commands.add_parser("runner", help="headless folder batch vs per-file CLI"))
+    bench_runner.add_arguments(commands.add_parser("runner", help="headless folder batch: rates and efficiency per format"))
+    bench_encoders.add_arguments(commands.add_parser("encoders", help="this pack's image encoders vs alternatives"))
     bench_ray.add_arguments(commands.add_parser("ray", help="--backend ray on 1 and 2 local worker nodes"))
     bench_video.add_arguments(commands.add_parser("video", help="the video pipeline: stages, end to end, memory"))
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,20 +1,28 @@
-"""`python -m rt4ksr_nodes.bench runner`: a folder of synthetic frames through x2 to PNG, by the
-headless runner's folder-batch workflow against the quick-inference CLI called once per file
-(a subprocess per image, as a shell pipeline would).
+"""`python -m rt4ksr_nodes.bench runner`: the headless runner's folder batch of synthetic frames,
+x2, saved in several formats (default: PNG at compression levels 1 and 4, and lossless WebP),
+against what its stages cost alone.
 
-Reports images/s and the device's busy fraction: time inside the engine's upscale() (the model,
-its tiling and transfers; the result is back on the CPU when it returns, so no work is left
-queued) over wall time. The runner's is measured in-process; the CLI's is estimated from the
-runner's engine time per image, the same computation on the same frames.
+First each stage alone, in CPU seconds per image (every thread of the process counted): decode
+(Load Image Folder), model (Upscale Image (RT4KSR)), quantise (to 8 bits) and encode (each
+format, to memory). Then the folder batch once per format: images/s, the engine's busy fraction
+(time inside the engine's upscale() over wall time) and the pipeline efficiency,
+
+    images/s / (cores / CPU seconds of all stages per image),
+
+1.0 when the cores never idle and the stages cost together what they cost alone. `--cli` adds the
+quick-inference CLI called once per file (a subprocess per image, as a shell pipeline would);
+its busy fraction is estimated from the runner's engine time per image.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,18 +32,44 @@ import numpy as np
 from PIL import Image
 
 from . import comfy_bridge as bridge
+from .engine.cpu import usable_cores
+from .imageio import Picture, _quantise, _write
 from .nodes import upscale as upscale_node
+from .nodes.batch import FORMATS, RT4KSRLoadImageFolder
+from .nodes.models import RT4KSRModelLoader
 from .runner import registry
-from .runner.execute import Runner
+from .runner.execute import Runner, default_jobs
+
+DEFAULT_FORMATS = "png:1,png:4,webp lossless"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8, help="frames in the folder (default 8)")
     parser.add_argument("--size", default="1920x1080", help="frame size WxH (default 1920x1080)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
+    parser.add_argument("--formats", type=_formats, default=_formats(DEFAULT_FORMATS),
+                        help="comma-separated Save Image Batch formats, png:LEVEL for a PNG "
+                             f"compression level (default {DEFAULT_FORMATS!r})")
+    parser.add_argument("--jobs", type=int, help="writer threads (default: the runner's, one per core)")
+    parser.add_argument("--cli", action="store_true", help="also time the quick-inference CLI per file")
     parser.add_argument("--workdir", type=Path,
-                        help="work here and keep the frames and both outputs (a new or empty "
+                        help="work here and keep the frames and the outputs (a new or empty "
                              "folder; default: a temporary one)")
+
+
+def _formats(text: str) -> list[tuple[str, int]]:
+    """'png:1,webp lossless' -> [("png", 1), ("webp lossless", 4)]."""
+    chosen = []
+    for entry in text.split(","):
+        name, _, level = entry.strip().partition(":")
+        if name not in FORMATS or (level and not level.isdigit()):
+            raise argparse.ArgumentTypeError(f"{entry!r}: give one of {list(FORMATS)}, png:0 to png:9")
+        chosen.append((name, int(level or 4)))
+    return chosen
+
+
+def _label(format: str, level: int) -> str:
+    return f"{format} level {level}" if format == "png" else format
 
 
 def input_frames(root: Path, count: int, size: str) -> tuple[int, int]:
@@ -58,7 +92,7 @@ def synthetic_frames(folder: Path, count: int, width: int, height: int) -> None:
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"frame_{index:04}.png")
 
 
-def folder_prompt() -> dict:
+def folder_prompt(format: str = "png", compression: int = 4) -> dict:
     return {
         "1": {"class_type": "RT4KSRLoadImageFolder", "inputs": {"folder": "frames", "pattern": "*.png", "recursive": False}},
         "2": {"class_type": "RT4KSRModelLoader", "inputs": {"model_name": "rt4ksr_x2.pth", "reparameterize": True}},
@@ -66,7 +100,7 @@ def folder_prompt() -> dict:
                                                          "precision": "auto"}},
         "4": {"class_type": "RT4KSRSaveImageBatch", "inputs": {
             "images": ["3", 0], "path": ["1", 2], "name_template": "{stem}--2x", "subfolder": "",
-            "format": "png", "bit_depth": "8", "quality": 95}},
+            "format": format, "bit_depth": "8", "quality": 95, "compression": compression}},
     }
 
 
@@ -92,25 +126,96 @@ class _EngineClock:
         upscale_node.upscale = self.original
 
 
-def run_runner(root: Path, device: str | None) -> tuple[float, float, int]:
-    """(wall seconds, engine seconds, images done) for the folder workflow, in-process."""
+@contextmanager
+def _headless(root: Path, output: str, device: str | None) -> Iterator[Path]:
+    """The bridge's folders (root/input, root/`output`) and device for the duration."""
     saved = (bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.device)
-    bridge.headless.input_dir, bridge.headless.output_dir = root / "input", root / "runner_out"
+    bridge.headless.input_dir, bridge.headless.output_dir = root / "input", root / output
     if device:
         import torch
 
         bridge.headless.device = torch.device(device)
-    bridge.headless.output_dir.mkdir()
+    bridge.headless.output_dir.mkdir(exist_ok=True)
     try:
-        with _EngineClock() as clock:
-            start = time.perf_counter()
-            summary = Runner(folder_prompt(), registry.node_classes()).run()
-            wall = time.perf_counter() - start
+        yield bridge.headless.output_dir
     finally:
         bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.device = saved
+
+
+def _cpu_seconds(run) -> float:
+    """CPU seconds of the whole process (every thread) that run() takes."""
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
+def beside_python(job) -> float:
+    """CPU seconds a pure-Python thread gets while `job` runs on another thread, per CPU second
+    of `job`: near 0 when `job` holds the GIL (the thread waits for it), about 1 or more when
+    it releases it and the two run in parallel."""
+    done, spent = threading.Event(), []
+
+    def run():
+        start = time.thread_time()
+        job()
+        spent.append(time.thread_time() - start)
+        done.set()
+
+    worker = threading.Thread(target=run)
+    start = time.thread_time()
+    worker.start()
+    while not done.is_set():
+        pass
+    python = time.thread_time() - start
+    worker.join()
+    return python / max(spent[0], 1e-9)
+
+
+def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-image CPU seconds of each stage alone, on the folder's first `samples` frames (the
+    decoder and the model warmed up first): "decode", "model", "quantise" and one entry per
+    format (its encoder, quantising excluded); and per format, beside_python() of its encoder
+    on one frame."""
+    with _headless(root, "stages", device):
+        items = RT4KSRLoadImageFolder.stream_items("frames", "*.png", False)[:samples]
+        load = lambda item: RT4KSRLoadImageFolder.stream_load(item, "frames", "*.png", False)  # noqa: E731
+        images = [load(item)[0][0] for item in items]
+        model = RT4KSRModelLoader().load("rt4ksr_x2.pth", True)[0]
+        node = upscale_node.RT4KSRUpscale()
+        outputs = [node.upscale(model, image, 0, "auto")[0][0].float().cpu().numpy() for image in images]
+        per_image = {
+            "decode": lambda: [load(item) for item in items],
+            "model": lambda: [node.upscale(model, image, 0, "auto") for image in images],
+            "quantise": lambda: [_quantise(o, 8) for o in outputs],
+        }
+        seconds = {stage: _cpu_seconds(run) / len(items) for stage, run in per_image.items()}
+        parallel = {}
+        for format, level in formats:
+            suffix = FORMATS[format]
+
+            def encode(frames, suffix=suffix, level=level, format=format):
+                for frame in frames:
+                    _write(io.BytesIO(), Path("x" + suffix), suffix, Picture(frame, 8), 95, {}, level,
+                           format == "webp lossless")
+
+            label = _label(format, level)
+            seconds[label] = _cpu_seconds(lambda: encode(outputs)) / len(items) - seconds["quantise"]
+            parallel[label] = beside_python(lambda: encode(outputs[:1]))
+    return seconds, parallel
+
+
+def run_runner(root: Path, device: str | None, format: str = "png", compression: int = 4,
+               jobs: int | None = None) -> tuple[float, float, int, float]:
+    """(wall seconds, engine seconds, images done, CPU seconds) for the folder workflow,
+    in-process."""
+    with _headless(root, f"runner_{format}_{compression}".replace(" ", "_"), device):
+        with _EngineClock() as clock:
+            start, cpu = time.perf_counter(), time.process_time()
+            summary = Runner(folder_prompt(format, compression), registry.node_classes(), jobs=jobs).run()
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     if summary.failed:
         raise RuntimeError(f"runner failed: {summary.failures[:3]}")
-    return wall, clock.seconds, summary.done
+    return wall, clock.seconds, summary.done, cpu
 
 
 def run_cli_per_file(root: Path, device: str | None) -> tuple[float, int]:
@@ -137,22 +242,41 @@ def _workdir(folder: Path | None) -> Iterator[Path]:
         yield folder
 
 
+def _load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def main(args: argparse.Namespace) -> None:
+    jobs = args.jobs or default_jobs()
+    load_before = _load()
     with _workdir(args.workdir) as root:
         width, height = input_frames(root, args.images, args.size)
-        wall, engine, done = run_runner(root, args.device)
-        cli_wall, cli_done = run_cli_per_file(root, args.device)
-    per_image = engine / done
-    rows = [
-        ("headless runner, folder batch", done / wall, engine / wall, "measured"),
-        ("quick-inference CLI per file", cli_done / cli_wall, per_image * cli_done / cli_wall, "estimated"),
-    ]
+        stages, parallel = stage_seconds(root, args.device, args.formats)
+        runs = [(format, level, *run_runner(root, args.device, format, level, jobs)) for format, level in args.formats]
+        if args.cli:
+            cli_wall, cli_done = run_cli_per_file(root, args.device)
     device = args.device or "auto"
-    print(f"{args.images} synthetic {width}x{height} PNG frames, x2 to PNG, device {device}")
-    print(f"images done: runner {done}, CLI {cli_done}")
-    print(f"engine time per image {1000 * per_image:.0f} ms")
-    print("| path | images/s | device busy | busy is |")
-    print("|---|---:|---:|---|")
-    for label, rate, busy, how in rows:
-        print(f"| {label} | {rate:.3f} | {100 * busy:.0f}% | {how} |")
-    print(f"runner speed-up over per-file CLI: {rows[0][1] / rows[1][1]:.2f}x")
+    print(f"{args.images} synthetic {width}x{height} PNG frames, x2, 8 bits, device {device}, {usable_cores()} cores, "
+          f"{jobs} writer threads; loadavg (1/5/15 min) before {load_before}, after {_load()}")
+    common = stages["decode"] + stages["model"] + stages["quantise"]
+    print("stage CPU seconds per image, alone: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
+    print("GIL: a Python thread beside each encoder got (per encoder CPU second; ~0 = the encoder holds "
+          "the GIL): " + ", ".join(f"{k} {v:.2f}" for k, v in parallel.items()))
+    # efficiency = (CPU the stages need / CPU the run took) x (CPU the run took / the cores' time):
+    # the first factor is work wasted (threads waiting on each other), the second idle cores,
+    # or cores taken by other processes on a busy machine.
+    print("| format | encode CPU s | stages CPU s | images/s | ideal images/s | efficiency "
+          "| = work used x cores used | engine busy |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    for format, level, wall, engine, done, cpu in runs:
+        label = _label(format, level)
+        total = common + stages[label]
+        rate, ideal = done / wall, usable_cores() / total
+        print(f"| {label} | {stages[label]:.3f} | {total:.3f} | {rate:.3f} | {ideal:.3f} | **{rate / ideal:.2f}** "
+              f"| {done * total / cpu:.2f} x {cpu / (wall * usable_cores()):.2f} | {100 * engine / wall:.0f}% |")
+    if args.cli:
+        format, level, wall, engine, done, _ = runs[0]
+        estimated = engine / done * cli_done / cli_wall
+        print(f"quick-inference CLI per file: {cli_done} images, {cli_done / cli_wall:.3f} "
+              f"images/s, device busy {100 * estimated:.0f}% (estimated); runner ({_label(format, level)}) "
+              f"{(done / wall) / (cli_done / cli_wall):.2f}x faster")

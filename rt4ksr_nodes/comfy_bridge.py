@@ -140,6 +140,15 @@ def video_class(cls: type) -> type:
     return _video_classes[cls, base]
 
 
+def cancel_requested() -> bool:
+    """Whether the user asked to stop, without acting on it: inside ComfyUI the request stays
+    for the server to stop the prompt with."""
+    management = _comfy("comfy.model_management")
+    if management is not None:
+        return management.processing_interrupted()
+    return headless.interrupt.is_set()
+
+
 def interrupted() -> bool:
     """True once the user asked to stop (ComfyUI's Cancel button, or the runner's Ctrl-C).
 

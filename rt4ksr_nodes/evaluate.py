@@ -5,9 +5,12 @@
 
 Protocol (see docs/evaluation.md):
 - An input is a folder of HR images, or a benchmark folder holding `HR/` and optionally
-  `LR_bicubic_x{s}/` (LR files matched by stem, `baby.png` or `babyx2.png`).
+  `LR_bicubic_x{s}/` (LR files matched by stem, `baby.png` or `babyx2.png`). Such a folder must
+  hold an LR image for every HR image, of HR's size / scale (rounded down or up).
 - Generated LR: HR cropped (top-left) to a multiple of 2 * scale so the LR is even-sized, then
   MATLAB bicubic imresize, rounded once to uint8. Given LR: cropped to even size, HR to match.
+- An HR image too small to measure (after the crops, less than the 11-pixel SSIM window) is
+  skipped and named on stderr; the others are evaluated.
 - `ntire23` adds the NTIRE 2023 RTSR degradation on top: JPEG quality 90, Pillow's 4:2:0.
 - Every method's output is rounded to 8 bits, then compared with HR after removing
   `--crop-border` pixels (default: the scale) per side; see `metrics` for PSNR/SSIM/Y.
@@ -33,10 +36,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import weights
-from .fileio import atomic_write
-from .imageio import IMAGE_EXTENSIONS
+from . import cli_args
+from .fileio import atomic_write, sigterm_as_interrupt, stopped_by, unwritable
+from .imageio import IMAGE_EXTENSIONS, image_size, read_image
 from .imresize import imresize_uint8
-from .metrics import BT601_Y, UPSTREAM_Y, measure, to_uint8
+from .metrics import BT601_Y, SSIM_WINDOW, UPSTREAM_Y, measure, to_uint8
 from .model import load_model
 
 DEGRADATIONS = ("bicubic", "ntire23")
@@ -46,6 +50,7 @@ BICUBIC = "bicubic"
 METRICS = ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")
 CSV_COLUMNS = ("set", "scale", "degradation", "method", "image", "hr_height", "hr_width",
                "lr_source") + METRICS
+GENERATED = "generated"  # lr_source of an LR made from HR; otherwise the LR file's path
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,13 @@ class Benchmark:
     hr_paths: tuple[Path, ...]
     root: Path | None  # folder that may hold LR_bicubic_x{s}/, None for a plain HR folder
 
+    def lr_folder(self, scale: int) -> Path | None:
+        folder = None if self.root is None else self.root / f"LR_bicubic_x{scale}"
+        return folder if folder is not None and folder.is_dir() else None
+
     def lr_path(self, hr_path: Path, scale: int) -> Path | None:
-        if self.root is None:
-            return None
-        folder = self.root / f"LR_bicubic_x{scale}"
-        if not folder.is_dir():
+        folder = self.lr_folder(scale)
+        if folder is None:
             return None
         for stem in (hr_path.stem, f"{hr_path.stem}x{scale}"):
             for path in sorted(folder.glob(f"{stem}.*")):
@@ -68,7 +75,11 @@ class Benchmark:
 
 
 def image_files(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
+    """The images of a folder; hidden files (editors' and tools' own) are not images."""
+    return tuple(sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ))
 
 
 def find_benchmark(path: Path) -> Benchmark:
@@ -88,14 +99,11 @@ def find_benchmark(path: Path) -> Benchmark:
 
 
 def load_rgb8(path: Path) -> np.ndarray:
-    """H x W x 3 uint8; grayscale becomes three equal channels, alpha is dropped."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as error:
-        if str(path) in str(error):
-            raise
-        raise ValueError(f"{path}: cannot read image: {error}") from error
+    """H x W x 3 uint8, upright; grayscale becomes three equal channels, alpha is dropped and
+    16-bit samples are rounded to 8 bits."""
+    pixels = read_image(path).pixels
+    colour = pixels[..., :3] if pixels.shape[-1] >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
+    return np.rint(colour * 255).astype(np.uint8)
 
 
 def jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
@@ -171,6 +179,62 @@ def score_methods(lr, hr, scale, scale_models, border, upstream_y, device) -> li
     return [(method, measure(sr, hr, border, upstream_y)) for method, sr in outputs]
 
 
+def plan(
+    benchmarks: list[Benchmark], scales, crop_border: int | None = None
+) -> tuple[dict[tuple[Path, int], Path | None], list[str]]:
+    """{(HR path, scale): LR file, or None to generate it} for every pair that can be measured,
+    and notes naming the HR images skipped as too small. Raises ValueError naming every LR file
+    whose size does not fit its HR image and every HR image that a given LR folder lacks."""
+    pairs, skipped, errors = {}, [], []
+    for bench in benchmarks:
+        for scale in scales:
+            border = scale if crop_border is None else crop_border
+            folder, missing = bench.lr_folder(scale), []
+            for hr_path in bench.hr_paths:
+                width, height = image_size(hr_path)
+                lr_path = bench.lr_path(hr_path, scale)
+                if folder is not None and lr_path is None:
+                    missing.append(hr_path.name)
+                    continue
+                if lr_path is None:
+                    multiple = 2 * scale
+                    measured = (width // multiple * multiple, height // multiple * multiple)
+                else:
+                    lr_width, lr_height = image_size(lr_path)
+                    if not (_lr_fits(lr_width, width, scale) and _lr_fits(lr_height, height, scale)):
+                        errors.append(
+                            f"{lr_path}: {lr_width}x{lr_height}, but HR {hr_path.name} is "
+                            f"{width}x{height}, so its x{scale} LR is {width // scale}x{height // scale}"
+                        )
+                        continue
+                    measured = (lr_width // 2 * 2 * scale, lr_height // 2 * 2 * scale)
+                if min(measured) - 2 * border < SSIM_WINDOW:
+                    skipped.append(
+                        f"{hr_path}: skipped at x{scale}: {width}x{height} is measured on "
+                        f"{measured[0]}x{measured[1]} (cropped to the LR grid), which is less "
+                        f"than the {SSIM_WINDOW}-pixel SSIM window once --crop-border {border} "
+                        "is removed on each side"
+                    )
+                    continue
+                pairs[(hr_path, scale)] = lr_path
+            if missing:
+                names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                errors.append(
+                    f"{folder}: no LR image for {names}; add them, or move the folder away to "
+                    "generate every LR from HR"
+                )
+    if errors:
+        raise ValueError("\n".join(errors))
+    if not pairs:
+        raise ValueError("nothing to evaluate:\n" + "\n".join(skipped))
+    return pairs, skipped
+
+
+def _lr_fits(lr: int, hr: int, scale: int) -> bool:
+    """An LR side is HR / scale rounded down or up, and, cropped to even, fits in HR."""
+    return hr // scale <= lr <= -(-hr // scale) and lr // 2 * 2 * scale <= hr
+
+
 def evaluate(
     benchmarks: list[Benchmark],
     models: dict[int, list],
@@ -180,29 +244,34 @@ def evaluate(
     device: torch.device = torch.device("cpu"),
     progress: bool = True,
 ) -> list[dict]:
-    """One row per set x scale x degradation x method x image."""
+    """One row per set x scale x degradation x method x image; images too small to measure are
+    skipped and named on stderr (see `plan`)."""
+    pairs, skipped = plan(benchmarks, list(models), crop_border)
+    for note in skipped:
+        print(note, file=sys.stderr)
     rows = []
-    total = sum(len(b.hr_paths) for b in benchmarks) * len(models) * len(degradations)
-    bar = tqdm(total=total, desc="evaluate", unit="img", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(pairs) * len(degradations), desc="evaluate", unit="img",
+               file=sys.stderr, disable=not progress)
     with bar:
         for bench in benchmarks:
             for hr_path in bench.hr_paths:
-                hr_full = load_rgb8(hr_path)
-                for scale, scale_models in models.items():
-                    lr_path = bench.lr_path(hr_path, scale)
+                scales = [scale for scale in models if (hr_path, scale) in pairs]
+                hr_full = load_rgb8(hr_path) if scales else None
+                for scale in scales:
+                    lr_path = pairs[(hr_path, scale)]
                     given_lr = load_rgb8(lr_path) if lr_path else None
                     border = scale if crop_border is None else crop_border
                     clean, hr = make_pair(hr_full, scale, given_lr)
+                    source = str(lr_path.relative_to(bench.root)) if lr_path else GENERATED
                     for degradation in degradations:
                         lr = degrade(clean, degradation)
                         image = {
                             "set": bench.name, "scale": scale, "degradation": degradation,
                             "image": hr_path.stem, "hr_height": hr.shape[0],
-                            "hr_width": hr.shape[1],
-                            "lr_source": "file" if lr_path else "generated",
+                            "hr_width": hr.shape[1], "lr_source": source,
                         }
                         for method, scores in score_methods(
-                            lr, hr, scale, scale_models, border, upstream_y, device
+                            lr, hr, scale, models[scale], border, upstream_y, device
                         ):
                             rows.append({**image, "method": method, **scores})
                         bar.update()
@@ -210,14 +279,16 @@ def evaluate(
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean of each metric over the images of every set x scale x degradation x method."""
+    """Mean of each metric over the images of every set x scale x degradation x method; "lr"
+    says where their LR came from (LR files or generated; one or the other, see `plan`)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key = (row["set"], row["scale"], row["degradation"], row["method"])
         groups.setdefault(key, []).append(row)
     return [
         {"set": key[0], "scale": key[1], "degradation": key[2], "method": key[3],
-         "images": len(group), **{m: float(np.mean([r[m] for r in group])) for m in METRICS}}
+         "images": len(group), **{m: float(np.mean([r[m] for r in group])) for m in METRICS},
+         "lr": GENERATED if all(r["lr_source"] == GENERATED for r in group) else "files"}
         for key, group in groups.items()
     ]
 
@@ -225,14 +296,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 def format_table(summary: list[dict]) -> str:
     """A pipe table, readable on a terminal and valid Markdown."""
     lines = [
-        "| Set | Scale | Degradation | Method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | Images |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| Set | Scale | Degradation | Method | PSNR RGB | SSIM RGB | PSNR Y | SSIM Y | Images | LR |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['set']} | x{s['scale']} | {s['degradation']} | {s['method']} | "
             f"{s['psnr_rgb']:.3f} | {s['ssim_rgb']:.4f} | {s['psnr_y']:.3f} | {s['ssim_y']:.4f} | "
-            f"{s['images']} |"
+            f"{s['images']} | {s['lr']} |"
         )
     return "\n".join(lines)
 
@@ -246,8 +317,8 @@ def settings(args, models: dict[int, list]) -> dict:
         "degradations": args.degradation,
         "crop_border": "scale" if args.crop_border is None else args.crop_border,
         "y": "16 + ({} R + {} G + {} B) / 255 on 0..255 ({})".format(*y_weights, y_name),
-        "lr": "LR_bicubic_x{s} file where given (lr_source in the CSV), else MATLAB bicubic "
-              "imresize of HR mod-cropped to 2*scale, float64, rounded once to uint8",
+        "lr": "LR_bicubic_x{s} files where that folder exists (lr_source in the CSV), else "
+              "MATLAB bicubic imresize of HR mod-cropped to 2*scale, float64, rounded once to uint8",
         "jpeg": {"quality": JPEG_QUALITY, "subsampling": JPEG_SUBSAMPLING, "encoder": "Pillow"},
         "models": {str(s): [m.description for _, m in ms] for s, ms in models.items()},
     }
@@ -270,17 +341,18 @@ def parse_args(argv):
     )
     parser.add_argument("--input", type=Path, nargs="+", required=True,
                         help="HR folders, or benchmark folders holding HR/ [LR_bicubic_x{s}/]")
-    parser.add_argument("--scale", type=int, nargs="+",
+    parser.add_argument("--scale", type=cli_args.positive_int, nargs="+",
                         help="default: the scales of --model, else 2 3")
-    parser.add_argument("--model", type=Path, nargs="+",
+    parser.add_argument("--model", type=cli_args.checkpoint, nargs="+",
                         help="checkpoints to evaluate (default: the released model per scale)")
     parser.add_argument("--degradation", nargs="+", choices=DEGRADATIONS, default=["bicubic"],
                         help="bicubic: clean LR; ntire23: LR + JPEG q90 (default: bicubic)")
-    parser.add_argument("--crop-border", type=int, default=None,
+    parser.add_argument("--crop-border", type=cli_args.non_negative_int, default=None,
                         help="pixels ignored on each side (default: the scale)")
     parser.add_argument("--upstream-y", action="store_true",
                         help="upstream RT4KSR's Y: BT.601 weights in BGR order applied to RGB")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", type=cli_args.device, default="cpu",
+                        help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument("--csv", type=Path, help="write one row per image here")
     parser.add_argument("--json", type=Path, help="write settings and averages here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -290,16 +362,25 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
     for option, target in (("--csv", args.csv), ("--json", args.json)):
-        if target is not None and target.is_dir():  # found out before the evaluation, not after
+        # Found out before the evaluation, not after.
+        if target is not None and target.is_dir():
             parser.exit(2, f"error: {option} {target} is a folder; give a file name\n")
+        problem = target is not None and unwritable(target.parent)
+        if problem:
+            parser.exit(2, f"error: {option} {target}: {problem}\n")
     device = torch.device(args.device)
     try:
-        benchmarks = [find_benchmark(path) for path in args.input]
-        models = load_models(args.model, args.scale, device)
-        rows = evaluate(benchmarks, models, args.degradation, args.crop_border, args.upstream_y,
-                        device, progress=not args.no_progress)
+        with sigterm_as_interrupt():
+            benchmarks = [find_benchmark(path) for path in args.input]
+            models = load_models(args.model, args.scale, device)
+            rows = evaluate(benchmarks, models, args.degradation, args.crop_border,
+                            args.upstream_y, device, progress=not args.no_progress)
     except (OSError, ValueError, weights.WeightsError) as error:
         parser.exit(2, f"error: {error}\n")
+    except KeyboardInterrupt as stop:
+        by, code = stopped_by(stop)
+        print(f"stopped by {by}; no report was written", file=sys.stderr)
+        return code
     summary = summarize(rows)
     print(format_table(summary))
     if args.csv:

@@ -1,8 +1,6 @@
 """python -m rt4ksr_nodes.run workflow.json: the headless workflow runner (see runner/cli.py)."""
 
-import sys
-
-from .runner.cli import main
+from .runner.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

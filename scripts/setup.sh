@@ -14,5 +14,5 @@ else
   read -ra torch_spec <<< "${TORCH_SPEC:-torch==2.13.0}"
   .venv/bin/python -m pip install -q "${torch_spec[@]}"
 fi
-.venv/bin/python -m pip install -q -e ".[${RT4KSR_EXTRAS:-test}]"
+.venv/bin/python -m pip install -q -e ".[${RT4KSR_EXTRAS:-test,video}]"
 .venv/bin/python install.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import pickle
 import struct
 
 import pytest
@@ -130,9 +131,11 @@ def test_random_bytes(tmp_path, suffix):
         load_model(path)
 
 
-def test_missing_file(tmp_path):
+def test_missing_file_and_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_model(tmp_path / "absent.pth")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file; give the \.pth"):
+        load_model(tmp_path)
 
 
 class TouchOnUnpickle:
@@ -145,12 +148,25 @@ class TouchOnUnpickle:
         return (type(self.marker).touch, (self.marker,))
 
 
+def _run_code_payloads(tmp_path, marker):
+    """Pickles that would run code if unpickled: torch.save's zip form and raw pickles."""
+    payload = {"state_dict": released_state(), "extra": TouchOnUnpickle(marker)}
+    torch.save(payload, tmp_path / "zip.pth")
+    for protocol in (0, 2):
+        (tmp_path / f"raw{protocol}.pth").write_bytes(pickle.dumps(TouchOnUnpickle(marker), protocol=protocol))
+    return sorted(tmp_path.glob("*.pth"))
+
+
 def test_unsafe_pickle_is_refused_and_not_executed(tmp_path):
-    path = tmp_path / "evil.pth"
+    """Refused, never run, and the message never repeats torch's advice to retry with
+    weights_only=False (that would run the payload)."""
     marker = tmp_path / "payload-ran"
-    torch.save({"state_dict": released_state(), "extra": TouchOnUnpickle(marker)}, path)
-    with pytest.raises(CheckpointError, match=r"evil\.pth.*unsafe unpickling"):
-        load_model(path)
+    for path in _run_code_payloads(tmp_path, marker):
+        with pytest.raises(CheckpointError, match=rf"{path.name}: refused.*unsafe unpickling") as error:
+            load_model(path)
+        message = str(error.value)
+        assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+        assert "trusted source" not in message and "GLOBAL" in message
     assert not marker.exists()
 
 

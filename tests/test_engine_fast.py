@@ -4,7 +4,6 @@ skip without a GPU."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import warnings
 import weakref
@@ -19,6 +18,7 @@ from rt4ksr_nodes import upscale
 from rt4ksr_nodes.engine import upscale_frames
 from rt4ksr_nodes.engine.cpu import tune_allocator
 from rt4ksr_nodes.engine.device import resolve_device
+from rt4ksr_nodes.engine.inference import network_input
 from rt4ksr_nodes.engine import network
 from rt4ksr_nodes.engine.network import ChannelsLastLayerNorm, ConvGELU, write_blocks
 from rt4ksr_nodes.engine.prepare import accelerated, prepared
@@ -119,17 +119,6 @@ def test_allocator_policy_applies_and_can_be_switched_off(monkeypatch):
     assert tune_allocator() is (cpu._libc() is not None)
 
 
-def test_compile_policy_switch(monkeypatch):
-    monkeypatch.setenv(accel.COMPILE_ENV, "sometimes")
-    with pytest.raises(ValueError, match="auto, always, never"):
-        accel.compile_policy()
-    net = torch.nn.Identity()
-    assert accel.Accelerated(net, torch.device("cpu"), "auto").compile_after is None
-    assert accel.Accelerated(net, torch.device("cpu"), "always").compile_after == 1
-    assert accel.Accelerated(net, torch.device("cuda"), "auto").compile_after == accel.COMPILE_AFTER
-    assert accel.Accelerated(net, torch.device("cuda"), "never").compile_after is None
-
-
 def test_a_tiled_frame_has_up_to_sixteen_window_shapes():
     # Per axis: first, interior, the one before a last core thinner than the context, last.
     cores = split(Box(0, 0, 98, 98), 32)
@@ -137,53 +126,10 @@ def test_a_tiled_frame_has_up_to_sixteen_window_shapes():
     assert len(shapes) == 16 == accel.MAX_GRAPHS
 
 
-class _FakeGraph:
-    """Stands in for a CUDA graph: remembers its function and pool, replays eagerly."""
-
-    def __init__(self, function, example, pool):
-        self.function, self.pool = function, pool
-
-    def __call__(self, x):
-        return self.function(x)
-
-
-def test_graph_bookkeeping_on_the_networks_device(monkeypatch):
-    """Without a GPU: the graph cache with a stand-in capture. The network's own device is
-    made current for every call, graphs are evicted least recently used first, all share one
-    pool, and release() drops them with the pool."""
-    entered = []
-
-    @contextlib.contextmanager
-    def device(index):
-        entered.append(index)
-        yield
-
-    monkeypatch.setattr(accel, "_Graph", _FakeGraph)
-    monkeypatch.setattr(torch.cuda, "device", device)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", object)
-    runner = accel.Accelerated(torch.nn.Identity(), torch.device("cuda", 1), "never")
-
-    def call(size):
-        return runner(torch.full((1, 3, size, size), float(size)))
-
-    sizes = range(2, 2 + 2 * accel.MAX_GRAPHS + 2, 2)  # one shape more than MAX_GRAPHS
-    for size in sizes:
-        for _ in range(accel.GRAPH_AFTER):
-            assert call(size)[0, 0, 0, 0].item() == size
-        call(sizes[0])  # the first shape stays the most recently used
-    assert entered and set(entered) == {torch.device("cuda", 1)}
-    cached = [key[0][-1] for key in runner._graphs]
-    assert len(cached) == accel.MAX_GRAPHS
-    assert sizes[0] in cached and sizes[1] not in cached  # the least recently used went
-    assert len({id(graph.pool) for graph in runner._graphs.values()}) == 1
-    runner.release()
-    assert not runner._graphs and runner._pool is None
-
-
 def test_cudnn_autotune_restores_the_setting_after_overlapping_calls(monkeypatch):
     cudnn = torch.backends.cudnn
     monkeypatch.setattr(cudnn, "benchmark", False)
-    first, second = accel._cudnn_autotune(), accel._cudnn_autotune()
+    first, second = accel._autotune.held(), accel._autotune.held()
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)  # exits out of order, as threads may
@@ -207,7 +153,7 @@ def test_failing_compiler_falls_back_to_eager(fused_models, monkeypatch):
     x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), pytest.warns(UserWarning, match="torch.compile failed"):
         out = runner(x)
-    assert runner.compile_after is None and not runner.compiled
+    assert runner.compile_policy == "never" and not runner.compiled
     expected = reference(model, image)
     assert (as_image(out, 2) - expected).abs().max().item() <= 1e-5
 
@@ -220,13 +166,18 @@ def test_compiled_network_matches_on_cpu(fused_models):
                                torch.device("cpu"), "always")
     for height, width in [(48, 64), (64, 48), (50, 80)]:
         image = crop("Set5", 2, height, width)
-        x = image.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # a fallback to eager would warn
-            out = runner(x)
+            out = runner(_engine_input(image, torch.device("cpu"), torch.float32))
         assert runner.compiled
         expected = reference(model, image)
         assert (as_image(out, 3) - expected).abs().max() <= 1e-5
+
+
+def _engine_input(image: torch.Tensor, device, dtype) -> torch.Tensor:
+    """The network's input as the engine makes it (network_input, under inference mode when
+    the caller is): built any other way, dynamo would compile once more for the engine."""
+    return network_input(image.permute(0, 3, 1, 2), device, dtype)
 
 
 def _quantised(model, frame: np.ndarray) -> torch.Tensor:
@@ -285,6 +236,20 @@ def test_cuda_canvas_kept_on_the_host_when_the_device_is_short(fused_models, mon
     out = upscale(model, image, device="cuda", progress=lambda *a: updates.append(a))
     assert updates[-1][1] > 1  # tiled
     assert psnr(out, reference(model, image)) >= 50
+    # RGBA, alpha through the model: the alpha pass works where the canvas is (the host).
+    rgba = torch.cat([image, image[..., :1]], dim=-1)
+    out = upscale(model, rgba, device="cuda")
+    assert out.shape[-1] == 4 and psnr(out[..., :3], reference(model, image)) >= 50
+
+
+@needs_cuda
+def test_cuda_fp32_is_fp32(fused_models):
+    """TF32 (cuDNN's default for fp32 convolutions on Ampere and later) is off for fp32: the
+    result stays within fp32 rounding of the CPU reference (TF32 is ~1e-3 off at x3)."""
+    model = fused_models[3]
+    image = crop("Set14", 2, 96, 128)
+    out = upscale(model, image, device="cuda", precision="fp32")
+    assert (out - reference(model, image)).abs().max().item() <= 1e-4
 
 
 def _cuda_inputs(device, *indices):
@@ -298,7 +263,7 @@ def _cuda_inputs(device, *indices):
 def _assert_replays_follow_their_inputs(net, inputs, calls):
     """Inputs in turn: each output equals eager on its own input (a graph ignoring its input
     would repeat the other's; fp16 kernels may differ in the last bit)."""
-    with accel._cudnn_autotune():
+    with accel._call_settings(net.device, inputs[0].dtype):
         eager = [net.net(x).clone() for x in inputs]
     assert (eager[0] - eager[1]).abs().max().item() > 0.1
     outputs = []
@@ -313,10 +278,11 @@ def _assert_replays_follow_their_inputs(net, inputs, calls):
 def test_cuda_graphs_replay_each_input(fused_models):
     device = resolve_device("cuda")
     net = accel.Accelerated(prepared(fused_models[2], device, torch.float16), device, "never")
-    with torch.inference_mode():
+    with torch.inference_mode(), net.stream():
         inputs = _cuda_inputs(device, 2, 3)
         outputs = _assert_replays_follow_their_inputs(net, inputs, 2 * accel.GRAPH_AFTER + 4)
-    assert len(net._graphs) == 1
+        assert len(net._graphs) == 1
+    assert not net._graphs  # gone with the stream
     # The documented aliasing: after capture every call returns the graph's one output
     # buffer, which the next call overwrites; callers copy it first (the Tiler does).
     replayed = outputs[2 * accel.GRAPH_AFTER :]
@@ -328,10 +294,10 @@ def test_cuda_graphs_capture_on_the_networks_device(fused_models):
     """The network on the last GPU while device 0 is current (on one GPU: the same device)."""
     device = torch.device("cuda", torch.cuda.device_count() - 1)
     net = accel.Accelerated(prepared(fused_models[2], device, torch.float16), device, "never")
-    with torch.inference_mode(), torch.cuda.device(0):
+    with torch.inference_mode(), torch.cuda.device(0), net.stream():
         inputs = _cuda_inputs(device, 2, 3)
         _assert_replays_follow_their_inputs(net, inputs, 2 * accel.GRAPH_AFTER + 4)
-    assert len(net._graphs) == 1
+        assert len(net._graphs) == 1
 
 
 @needs_cuda
@@ -347,11 +313,27 @@ def test_cuda_compiled_network_matches(fused_models):
     device = resolve_device("cuda")
     runner = accel.Accelerated(prepared(model, device, torch.float16), device, "always")
     image = crop("Set5", 2, 96, 128)
-    x = image.permute(0, 3, 1, 2).to(device, torch.float16).contiguous(
-        memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), runner.stream():
+        x = _engine_input(image, device, torch.float16)
         outputs = [runner(x).clone() for _ in range(accel.GRAPH_AFTER + 1)]
     if not runner.compiled:
         pytest.skip("torch.compile unavailable here (fell back to eager)")
     for out in outputs:
         assert psnr(as_image(out.cpu(), 3), reference(model, image)) >= 50
+
+
+@needs_cuda
+def test_cuda_stream_compiles_in_the_background(fused_models):
+    """RT4KSR_COMPILE=auto on a real GPU: a stream of frames goes on eager while the compiler
+    works (graphs meanwhile), then switches to the compiled kernels; every frame right."""
+    model = fused_models[2]
+    device = resolve_device("cuda")
+    runner = accelerated(model, device, torch.float16)
+    if runner.compile_policy != "auto":
+        pytest.skip(f"{accel.COMPILE_ENV} is not auto here")
+    frames = _frames([(96, 128)] * (accel.COMPILE_AFTER + 2))
+    with runner.stream():
+        _assert_stream_matches(model, frames, "cuda", "fp16", 2)
+        runner.wait_for_compiler()
+        _assert_stream_matches(model, frames[:3], "cuda", "fp16", 2)
+    assert runner.compiled or runner.compile_policy == "never"  # never: a compiler failure

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy
 import pytest
 import torch
 from engine_helpers import crop, reference
@@ -168,3 +169,11 @@ def test_automatic_tile_when_memory_is_short():
 
     assert auto_tile(1080, 1920, 16, per_pixel=132.0, budget=-5e6) == MIN_TILE
     assert auto_tile(1080, 1920, 16, per_pixel=132.0, budget=0) == MIN_TILE
+
+
+def test_tile_size_must_be_a_whole_number(fused_models):
+    image = torch.rand(1, 8, 8, 3)
+    for wrong in ("abc", 64.0, True):
+        with pytest.raises(TypeError, match="tile_size must be a whole number"):
+            upscale(fused_models[2], image, tile_size=wrong, device="cpu")
+    assert upscale(fused_models[2], image, tile_size=numpy.int64(32), device="cpu").shape[1] == 16

@@ -6,6 +6,9 @@ import csv
 import io
 import json
 import math
+import os
+import signal
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -127,7 +130,8 @@ def test_cli_writes_csv_and_json(tmp_path, capsys):
     assert "65.481 R + 128.553 G + 24.966 B" in report["settings"]["y"]
     assert len(report["results"]) == 4
     assert set(report["results"][0]) == {"set", "scale", "degradation", "method", "images",
-                                         "psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"}
+                                         "psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y", "lr"}
+    assert {r["lr"] for r in report["results"]} == {"generated"}
 
 
 def test_benchmark_layout_uses_given_lr_by_stem(tmp_path, fused_models):
@@ -135,20 +139,131 @@ def test_benchmark_layout_uses_given_lr_by_stem(tmp_path, fused_models):
     hr_a, hr_b = smooth_image(40, 48, 5), smooth_image(36, 44, 6)
     write_png(root / "HR" / "a.png", hr_a)
     write_png(root / "HR" / "b.png", hr_b)
-    # DIV2K-style name for one file; the other is generated on the fly.
-    write_png(root / "LR_bicubic_x2" / "ax2.png", imresize_uint8(hr_a, Fraction(1, 2)))
+    # One plain name, one DIV2K-style name.
+    write_png(root / "LR_bicubic_x2" / "a.png", imresize_uint8(hr_a, Fraction(1, 2)))
+    write_png(root / "LR_bicubic_x2" / "bx2.png", imresize_uint8(hr_b, Fraction(1, 2)))
     bench = ev.find_benchmark(root)
-    assert bench.name == "Tiny" and bench.lr_path(bench.hr_paths[1], 2) is None
+    assert bench.name == "Tiny" and bench.lr_path(bench.hr_paths[1], 2).name == "bx2.png"
     rows = ev.evaluate([bench], {2: [("m", fused_models[2])]}, ["bicubic"], progress=False)
-    assert [r["lr_source"] for r in rows] == ["file", "file", "generated", "generated"]
+    assert [r["lr_source"] for r in rows] == [
+        "LR_bicubic_x2/a.png", "LR_bicubic_x2/a.png", "LR_bicubic_x2/bx2.png", "LR_bicubic_x2/bx2.png"
+    ]
+    assert {r["lr"] for r in ev.summarize(rows)} == {"files"}
 
     # The given LR is exactly what would have been generated, so the scores must agree.
     plain = tmp_path / "plain"
     write_png(plain / "a.png", hr_a)
+    write_png(plain / "b.png", hr_b)
     again = ev.evaluate([ev.find_benchmark(plain)], {2: [("m", fused_models[2])]}, ["bicubic"],
                         progress=False)
-    for given, generated in zip(rows[:2], again):
+    assert [r["lr_source"] for r in again] == ["generated"] * 4
+    for given, generated in zip(rows, again):
         assert {k: given[k] for k in ev.METRICS} == {k: generated[k] for k in ev.METRICS}
+
+
+def _benchmark_with_lr(tmp_path, lr_sizes: dict[str, tuple[int, int]]):
+    """HR a.png and b.png (64 x 96); LR_bicubic_x2/ holding the given (height, width) LRs."""
+    root = tmp_path / "Bench"
+    for seed, name in enumerate(("a", "b")):
+        write_png(root / "HR" / f"{name}.png", smooth_image(64, 96, seed))
+    (root / "LR_bicubic_x2").mkdir(parents=True)
+    for name, (height, width) in lr_sizes.items():
+        write_png(root / "LR_bicubic_x2" / f"{name}.png", smooth_image(height, width, 9))
+    return root
+
+
+def test_lr_of_the_wrong_size_is_named_before_any_work(tmp_path, capsys, monkeypatch):
+    # The audit's case: a 30 x 30 LR for a 96 x 64 HR (its x2 LR is 48 x 32), b.png present.
+    root = _benchmark_with_lr(tmp_path, {"a": (30, 30), "b": (32, 48)})
+    monkeypatch.setattr(ev, "score_methods", lambda *a: pytest.fail("scored a wrong pair"))
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(["--input", str(root), "--model", str(checkpoint_path(2)), "--no-progress"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"{root / 'LR_bicubic_x2' / 'a.png'}: 30x30, but HR a.png is 96x64" in err
+    assert "48x32" in err and "b.png" not in err
+    # Rounded up (MATLAB's imresize of an HR side not divisible by the scale) is accepted.
+    assert ev._lr_fits(17, 33, 2) and ev._lr_fits(16, 33, 2) and not ev._lr_fits(15, 33, 2)
+    assert not ev._lr_fits(12, 34, 3)  # 12 x 3 = 36 > 34: the HR cannot be cropped to it
+
+
+def test_partial_lr_folder_is_refused_by_name(tmp_path, capsys):
+    root = _benchmark_with_lr(tmp_path, {"a": (32, 48)})  # no LR for b.png
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(["--input", str(root), "--model", str(checkpoint_path(2)), "--no-progress"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"{root / 'LR_bicubic_x2'}: no LR image for b.png" in err
+
+
+def test_image_smaller_than_the_scale_is_skipped_by_name(tmp_path, capsys, fused_models):
+    folder = tmp_path / "mixed"
+    write_png(folder / "a.png", smooth_image(40, 52, 3))
+    write_png(folder / "dot.png", smooth_image(5, 5, 4))  # smaller than 2 x scale
+    write_png(folder / "thin.png", smooth_image(16, 60, 5))  # 16 - 2 x 3 < the SSIM window
+    bench = ev.find_benchmark(folder)
+    rows = ev.evaluate([bench], {3: [("m", fused_models[3])]}, ["bicubic"], progress=False)
+    err = capsys.readouterr().err
+    assert {r["image"] for r in rows} == {"a"}
+    assert f"{folder / 'dot.png'}: skipped at x3" in err and f"{folder / 'thin.png'}: skipped at x3" in err
+    # Only too-small images: a clear error, no numpy warning, no traceback.
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        ev.plan([ev.find_benchmark(folder)], [3], crop_border=100)
+
+
+@pytest.mark.parametrize("option", [
+    ["--crop-border", "-1"], ["--scale", "0"], ["--crop-border", "x"], ["--device", "meta"],
+    ["--model", "MODELS"],
+])
+def test_options_are_checked_when_parsed(tmp_path, capsys, monkeypatch, option):
+    write_png(tmp_path / "a.png", smooth_image(24, 24, 7))
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated anyway"))
+    option = [str(checkpoint_path(2).parent) if o == "MODELS" else o for o in option]
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(["--input", str(tmp_path), "--no-progress", *option])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"argument {option[0]}" in err
+    if option[0] == "--model":
+        assert "is a folder; give a checkpoint file (it holds rt4ksr_x2.pth" in err
+
+
+def test_report_below_a_file_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    write_png(tmp_path / "in" / "a.png", smooth_image(24, 24, 7))
+    (tmp_path / "plain").write_text("a file")
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated anyway"))
+    with pytest.raises(SystemExit) as stopped:
+        ev.main(["--input", str(tmp_path / "in"), "--no-progress",
+                 "--csv", str(tmp_path / "plain" / "rows.csv")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"{tmp_path / 'plain'} is a file, not a folder" in err
+
+
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    write_png(tmp_path / "a.png", smooth_image(24, 24, 7))
+    (tmp_path / "._a.png").write_bytes(b"macOS resource fork")
+    (tmp_path / "old.png").mkdir()
+    assert [p.name for p in ev.find_benchmark(tmp_path).hr_paths] == ["a.png"]
+
+
+def test_crop_border_larger_than_the_images_is_an_error_without_warnings(tmp_path, capsys):
+    write_png(tmp_path / "a.png", smooth_image(40, 52, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "mean of empty slice" would fail the test
+        with pytest.raises(SystemExit) as stopped:
+            ev.main(["--input", str(tmp_path), "--model", str(checkpoint_path(2)),
+                     "--crop-border", "100", "--no-progress"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "nothing to evaluate" in err and "--crop-border 100" in err
+
+
+def test_16bit_gray_hr_is_read_at_its_level(tmp_path):
+    # Pillow's convert("RGB") clips 16-bit gray to 255: a mid-gray image came out almost white.
+    samples = (np.arange(24 * 32).reshape(24, 32) * 40 + 20000).astype(np.uint16)
+    Image.fromarray(samples).save(tmp_path / "g16.png")
+    rgb = ev.load_rgb8(tmp_path / "g16.png")
+    expected = np.floor(samples / 257 + 0.5)
+    assert rgb.shape == (24, 32, 3)
+    assert np.abs(rgb[..., 0] - expected).max() <= 1 and (rgb[..., 0] == rgb[..., 2]).all()
 
 
 def test_cli_rejects_a_model_outside_the_requested_scales(tmp_path, capsys):
@@ -181,3 +296,16 @@ def test_cli_names_a_broken_image_and_refuses_a_folder_as_report(tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         ev.main(arguments + ["--csv", str(tmp_path)])
     assert stopped.value.code == 2 and "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, code, name", [
+    (signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"),
+])
+def test_stopped_without_traceback_or_report(tmp_path, capsys, monkeypatch, signum, code, name):
+    write_png(tmp_path / "in" / "a.png", smooth_image(40, 52, 3))
+    monkeypatch.setattr(ev, "score_methods", lambda *a: os.kill(os.getpid(), signum))
+    assert ev.main(["--input", str(tmp_path / "in"), "--model", str(checkpoint_path(2)),
+                    "--no-progress", "--csv", str(tmp_path / "rows.csv")]) == code
+    assert f"stopped by {name}; no report was written" in capsys.readouterr().err
+    assert not (tmp_path / "rows.csv").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

@@ -3,6 +3,7 @@ engine's (and the model's) result, models resolve, cache and save as documented.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
@@ -15,7 +16,8 @@ from engine_helpers import reference, reference_alpha
 from rt4ksr_nodes import comfy_bridge, save_model
 from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 import rt4ksr_nodes.nodes.upscale as upscale_module
-from rt4ksr_nodes.nodes.upscale import plan
+from rt4ksr_nodes.engine.memory import MARGIN
+from rt4ksr_nodes.nodes.to_size import Plan, plan
 
 SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL", "STRING", "VIDEO"}  # STRING: a forceInput socket
 
@@ -162,22 +164,6 @@ def test_loader_reuses_a_model_until_its_file_changes(models_dir):
     assert reloaded is not first and reloaded.scale == 3
 
 
-def test_released_model_resolves_through_verified_weights(models_dir, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    shutil.copy(checkpoint_path(2), cache / "rt4ksr_x3.pth")  # the wrong file under the name
-    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(cache))
-    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(checkpoint_path(2).parent))
-    loader = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]
-    # IS_CHANGED runs at every prompt: it neither fetches nor touches the files
-    assert loader.IS_CHANGED("rt4ksr_x3.pth", True) == "rt4ksr_x3.pth"
-    assert (cache / "rt4ksr_x3.pth").read_bytes() == checkpoint_path(2).read_bytes()
-    (model,) = loader().load("rt4ksr_x3.pth", True)
-    assert model.scale == 3
-    assert (cache / "rt4ksr_x3.pth").read_bytes() == checkpoint_path(3).read_bytes()
-    assert loader.IS_CHANGED("rt4ksr_x3.pth", True) != "rt4ksr_x3.pth"
-
-
 def test_reparameterize_node(models_dir, train_models, fused_models):
     node = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]()
     (fused,) = node.fuse(train_models[2], "")
@@ -190,25 +176,95 @@ def test_reparameterize_node(models_dir, train_models, fused_models):
     node.fuse(train_models[3], "my_x3")
     saved = models_dir / "rt4ksr" / "my_x3.safetensors"
     assert saved.is_file()
-    before = saved.read_bytes()
-    with pytest.raises(FileExistsError):
-        node.fuse(train_models[2], "my_x3.safetensors")
-    assert saved.read_bytes() == before
+    reloaded = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]().load("my_x3.safetensors", False)[0]
+    assert reloaded.form == "fused" and reloaded.scale == 3
     for bad in ("../escape", "/tmp/abs.safetensors", "sub/../../x"):
         with pytest.raises(ValueError):
             node.fuse(train_models[2], bad)
     assert sorted(p.name for p in (models_dir / "rt4ksr").iterdir()) == ["my_x3.safetensors"]
-    reloaded = NODE_CLASS_MAPPINGS["RT4KSRModelLoader"]().load("my_x3.safetensors", False)[0]
-    assert reloaded.form == "fused" and reloaded.scale == 3
+
+
+def test_reparameterize_save_as_runs_twice(models_dir, train_models):
+    """The same workflow again (ComfyUI's cache cleared, or a restart): the identical file is
+    fine and the model passes through; another model under that name leaves the file alone
+    with a warning, and the graph goes on."""
+    node = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]
+    saved = models_dir / "rt4ksr" / "my_x2.safetensors"
+    node().fuse(train_models[2], "my_x2")
+    before = saved.read_bytes()
+    assert node.VALIDATE_INPUTS(save_as="my_x2") is True
+    (again,) = node().fuse(train_models[2], "my_x2")
+    assert saved.read_bytes() == before and again.scale == 2
+    other = node().fuse(train_models[3], "my_x2.safetensors")
+    assert other["result"][0].scale == 3
+    assert "already holds another model and was left unchanged" in other["ui"]["text"][0]
+    assert saved.read_bytes() == before
+
+
+@pytest.mark.parametrize("name, message", [
+    ("C:\\evil", r"use / between folders, never \\"),
+    ("..\\win", r"use / between folders, never \\"),
+    ("..", "'..' is not a file or folder name"),
+    (".", "'.' is not a file or folder name"),
+    ("...", "'...' is not a file or folder name"),
+    ("dir/", "names a folder; give a file name, such as dir/my_model"),
+    ("a//b", "'' is not a file or folder name"),
+    ("   ", "begins or ends with spaces"),
+    (" x", "begins or ends with spaces"),
+    ("a:b", "not allowed in file names"),
+    ("../escape", "'..' is not a file or folder name"),
+    ("/abs", "'' is not a file or folder name"),
+])
+def test_reparameterize_refuses_bad_names_before_running(models_dir, name, message):
+    verdict = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"].VALIDATE_INPUTS(save_as=name)
+    assert verdict is not True and re.search(message, verdict), verdict
+    assert list((models_dir / "rt4ksr").iterdir()) == []
+
+
+def test_reparameterize_refuses_a_foreign_file_in_the_way(models_dir, fused_models):
+    node = NODE_CLASS_MAPPINGS["RT4KSRReparameterize"]
+    (models_dir / "rt4ksr" / "notes.safetensors").write_bytes(b"not a model")
+    shutil.copy(checkpoint_path(2), models_dir / "rt4ksr" / "x.pth.safetensors")
+    for name in ("notes", "x.pth"):
+        verdict = node.VALIDATE_INPUTS(save_as=name)
+        assert "already exists and is not a model saved by Reparameterize RT4KSR" in verdict
+    save_model(fused_models[2], models_dir / "rt4ksr" / "sub" / "ok.safetensors")
+    assert node.VALIDATE_INPUTS(save_as="sub/ok") is True
+    assert node.VALIDATE_INPUTS(save_as="") is True and node.VALIDATE_INPUTS(save_as=None) is True
 
 
 def test_upscale_to_size_plans():
-    assert plan((1920, 1080), (3840, 2160), "crop", 2) == (1, (3840, 2160))
-    assert plan((1280, 720), (3840, 2160), "crop", 3) == (1, (3840, 2160))
-    assert plan((1024, 1024), (3840, 2160), "crop", 2) == (2, (3840, 3840))
-    assert plan((1024, 1024), (3840, 2160), "fit", 2) == (2, (2160, 2160))
-    assert plan((832, 1216), (4096, 2160), "fit", 3) == (1, (1478, 2160))
-    assert plan((5000, 3000), (3840, 2160), "crop", 2) == (0, (3840, 2304))
+    # Exactly the factor: the source itself, one or three passes, nothing resampled.
+    assert plan((1920, 1080), (3840, 2160), "crop", 2) == Plan(
+        2, (0, 0, 1920, 1080), 1, None, (3840, 2160), (3840, 2160))
+    assert plan((480, 270), (3840, 2160), "crop", 2).pass_inputs() == [
+        (480, 270), (960, 540), (1920, 1080)]
+    # crop: only the central 16:9 region is upscaled; before the second pass the image is
+    # brought to the last pass's input size, so nothing exceeds the target.
+    square = plan((1024, 1024), (3840, 2160), "crop", 2)
+    assert square.region == (0, 224, 1024, 576) and square.pass_inputs() == [
+        (1024, 576), (1920, 1080)]
+    assert square.upscaled() == square.scaled == (3840, 2160)
+    fit = plan((1024, 1024), (3840, 2160), "fit", 2)
+    assert fit.pass_inputs() == [(1024, 1024), (1080, 1080)] and fit.scaled == (2160, 2160)
+    # One pass overshoots: the model sees the source itself, its output is resampled down.
+    portrait = plan((832, 1216), (4096, 2160), "fit", 3)
+    assert portrait.pass_inputs() == [(832, 1216)] and portrait.scaled == (1478, 2160)
+    # Larger than the target: no pass; the central region, rounded up to whole rows, resampled.
+    assert plan((5000, 3000), (3840, 2160), "crop", 2) == Plan(
+        2, (0, 93, 5000, 2813), 0, None, (3840, 2160), (3840, 2160))
+    # The audit's case: 320x240 to 16384x16384 by x2 made a 40960x30720 intermediate.
+    audit = plan((320, 240), (16384, 16384), "crop", 2)
+    assert audit.region == (40, 0, 240, 240) and audit.passes == 7
+    assert audit.pass_inputs()[-1] == (8192, 8192) and audit.upscaled() == (16384, 16384)
+    assert max(w * h for w, h in audit.pass_inputs()) < 16384 * 16384 / 3
+
+
+def _shrink(image, size):
+    """B x H x W x C to (w, h), antialiased bicubic, clamped: as a user would resample."""
+    pixels = image.permute(0, 3, 1, 2)
+    out = F.interpolate(pixels, size=size[::-1], mode="bicubic", antialias=True)
+    return out.clamp(0, 1).permute(0, 2, 3, 1)
 
 
 def test_upscale_to_size_exact_targets(fused_models):
@@ -218,20 +274,111 @@ def test_upscale_to_size_exact_targets(fused_models):
     # exactly the model's factor: no resample, the engine's pixels
     (same,) = node.upscale_to_size(model, image, "custom", 96, 96, "crop", 0, "fp32")
     assert (same - reference(model, image)).abs().max().item() <= 1e-5
-    # two passes, then an antialiased downscale to the exact target
+    # crop 4:3: the central 48x36 rows, a pass, down to the last pass's 80x60, the last pass
     (crop,) = node.upscale_to_size(model, image, "custom", 160, 120, "crop", 0, "fp32")
     assert crop.shape == (1, 120, 160, 3)
-    twice = reference(model, reference(model, image)).permute(0, 3, 1, 2)
-    expected = F.interpolate(twice, size=(160, 160), mode="bicubic", antialias=True).clamp(0, 1)
-    assert torch.allclose(crop, expected[..., 20:140, :].permute(0, 2, 3, 1), atol=1e-5)
+    once = reference(model, image[:, 6:42])
+    expected = reference(model, _shrink(once, (80, 60)))
+    assert (crop - expected).abs().max().item() <= 1e-5
+    # fit: the whole square, down to 60x60 between the passes, padded to 160 wide
     (fit,) = node.upscale_to_size(model, image, "custom", 160, 120, "fit", 0, "fp32")
     assert fit.shape == (1, 120, 160, 3)
-    assert not fit[:, :, :20].any() and not fit[:, :, 140:].any() and fit[:, :, 20:140].min() >= 0
-    expected = F.interpolate(twice, size=(120, 120), mode="bicubic", antialias=True).clamp(0, 1)
-    assert torch.allclose(fit[:, :, 20:140], expected.permute(0, 2, 3, 1), atol=1e-5)
+    assert not fit[:, :, :20].any() and not fit[:, :, 140:].any()
+    expected = reference(model, _shrink(reference(model, image), (60, 60)))
+    assert (fit[:, :, 20:140] - expected).abs().max().item() <= 1e-5
+    # one pass past the target: the source goes through the model, then down to the target
+    (over,) = node.upscale_to_size(model, image, "custom", 72, 72, "crop", 0, "fp32")
+    assert (over - _shrink(reference(model, image), (72, 72))).abs().max().item() <= 1e-5
     frame = torch.rand(1, 270, 480, 3)  # x8 in three passes, exactly UHD
     (uhd,) = node.upscale_to_size(model, frame, "3840x2160 (UHD 4K)", 0, 0, "crop", 0, "fp32")
     assert uhd.shape == (1, 2160, 3840, 3)
+
+
+def test_upscale_to_size_shows_one_progress_bar(fused_models, monkeypatch):
+    bars = []
+
+    def factory():
+        bars.append([])
+        return lambda done, total: bars[-1].append((done, total))
+
+    monkeypatch.setattr(comfy_bridge.headless, "progress_factory", factory)
+    node = NODE_CLASS_MAPPINGS["RT4KSRUpscaleToSize"]()
+    node.upscale_to_size(fused_models[2], image_of(crop=40), "custom", 320, 320, "crop", 32, "fp32")
+    assert len(bars) == 1  # three passes, one bar
+    values = [done for done, _ in bars[0]]
+    assert {total for _, total in bars[0]} == {1000}
+    assert values == sorted(values) and values[-1] == 1000
+    # each pass has 4x the pixels of the one before: the first ends at 1/21 of the bar
+    assert round(1000 / 21) in values and round(5000 / 21) in values
+
+
+def test_upscale_to_size_refuses_what_cannot_fit_before_any_work(fused_models, monkeypatch):
+    import rt4ksr_nodes.nodes.to_size as to_size
+
+    runs = []
+    monkeypatch.setattr(upscale_module, "upscale", lambda *a, **k: runs.append(a))
+    monkeypatch.setattr(to_size, "available_ram", lambda: 200_000_000)
+    node = NODE_CLASS_MAPPINGS["RT4KSRUpscaleToSize"]()
+    image = image_of(crop=40)
+    # 40 x 40 to 4096 x 4096: 7 passes, images of up to ~200 MB each, more than 0.8 x 200 MB
+    with pytest.raises(ValueError, match=r"40x40 to 4096x4096 needs about 0\.[0-9] GB .* 0\.2 GB of RAM"):
+        node.upscale_to_size(fused_models[2], image, "custom", 4096, 4096, "crop", 0, "fp32")
+    assert runs == []
+    # what fits in that memory runs
+    monkeypatch.undo()
+    monkeypatch.setattr(to_size, "available_ram", lambda: 200_000_000)
+    (out,) = node.upscale_to_size(fused_models[2], image, "custom", 640, 640, "crop", 0, "fp32")
+    assert out.shape == (1, 640, 640, 3)
+
+
+def test_upscale_to_size_keeps_images_on_the_device_only_when_they_fit(monkeypatch):
+    import rt4ksr_nodes.nodes.to_size as to_size
+
+    gpu = torch.device("cuda", 0)
+    asked = []
+    monkeypatch.setattr(comfy_bridge, "free_memory", lambda size, device: asked.append(size))
+    monkeypatch.setattr(to_size, "available_ram", lambda: 64 << 30)
+    steps = plan((1024, 1024), (3840, 2160), "crop", 2)
+    # the largest moment: the last pass's 1920x1080 input, its 3840x2160 output and its
+    # fp16 canvas: 24.9 + 99.5 + 49.8 MB (independently: pixels x 3 channels x bytes)
+    need = 1920 * 1080 * 3 * 4 + 3840 * 2160 * 3 * 4 + 3840 * 2160 * 3 * 2
+    assert to_size.peak_bytes(steps, 1, 2) == need
+    monkeypatch.setattr(to_size, "free_memory", lambda device: int(need / 0.8) + 1)
+    assert to_size.placement(steps, 1, torch.float16, gpu) == gpu
+    assert asked and asked[0] >= need  # ComfyUI was asked to free it
+    monkeypatch.setattr(to_size, "free_memory", lambda device: need)
+    assert to_size.placement(steps, 1, torch.float16, gpu) == torch.device("cpu")
+
+
+def test_tile_size_of_the_wrong_type_is_refused_as_such():
+    for cls in ("RT4KSRUpscale", "RT4KSRUpscaleToSize"):
+        check = NODE_CLASS_MAPPINGS[cls].VALIDATE_INPUTS
+        assert check(tile_size="abc") == "tile_size must be a whole number, got 'abc'"
+        assert check(tile_size=12.5).startswith("tile_size must be a whole number")
+        assert check(tile_size=64) is True and check(tile_size=None) is True
+
+
+def test_upscale_asks_comfyui_to_free_what_the_run_holds(fused_models, monkeypatch):
+    """The amount asked for is enough for the run not to tile (its canvas on the device), and
+    not far above it."""
+    import rt4ksr_nodes.engine.inference as inference
+
+    asked = []
+    monkeypatch.setattr(comfy_bridge, "free_memory", lambda size, device: asked.append(size))
+    image = image_of(crop=64)
+    updates = []
+    monkeypatch.setattr(comfy_bridge.headless, "progress_factory",
+                        lambda: lambda *a: updates.append(a))
+    upscale_node = NODE_CLASS_MAPPINGS["RT4KSRUpscale"]()
+    upscale_node.upscale(fused_models[2], image, 0, "fp32")
+    assert len(asked) == 1
+    for share, tiles in ((1.0, 1), (0.5, 4)):
+        updates.clear()
+        monkeypatch.setattr(inference, "free_memory",
+                            lambda device, free=asked[0] - MARGIN: int(share * free))
+        (out, _) = upscale_node.upscale(fused_models[2], image, 0, "fp32")
+        assert updates[-1][1] >= tiles if share < 1 else updates[-1][1] == tiles
+    assert (out - reference(fused_models[2], image)).abs().max().item() <= 1e-5
 
 
 def test_nodes_work_under_inference_mode_as_in_comfyui(models_dir):

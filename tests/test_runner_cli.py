@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from runner_helpers import (  # noqa: F401 - fixture
     batch_api, editor_graph, editor_node, folders, scale_api, write_png)
 from rt4ksr_nodes import comfy_bridge as bridge
 from rt4ksr_nodes.runner import cli
+from rt4ksr_nodes.runner.execute import Runner
 
 
 @pytest.fixture(autouse=True)
@@ -162,13 +162,27 @@ def test_usage_errors(folders, tmp_path, capsys):
     assert main(folders, shared_path("workflows", "scale_api_prompt.json"), "--device", "warp9") == 2
 
 
-def test_ctrl_c_sets_the_flag_then_stops_at_once(folders):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("in_node", [True, False])
+def test_ctrl_c_sets_the_flag_then_stops_at_once(folders, signum, in_node):
+    """SIGTERM (schedulers, containers) is handled as Ctrl-C. The second stops at once: a
+    KeyboardInterrupt only while a node runs (anywhere else it could cut the bookkeeping short)."""
+    runner = Runner({}, {})
+    runner.in_node = in_node
     out = cli._Output(as_json=True)
-    with cli._interrupt_handler(out):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert bridge.headless.interrupt.is_set()
+    with cli._interrupt_handler(out, runner) as handler:
+        os.kill(os.getpid(), signum)
+        assert bridge.headless.interrupt.is_set() and not runner.hurry.is_set()
+        if in_node:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signum)
+        else:
+            os.kill(os.getpid(), signum)
+        assert runner.hurry.is_set()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    assert handler.signal == signum
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_module_entry_point_with_default_folders(tmp_path):
@@ -199,61 +213,6 @@ def test_object_info_lets_foreign_nodes_convert_and_validate_but_not_run(folders
                        "PrimitiveInt"}
     assert main(folders, sampler, "--json", "--validate-only", "--object-info", sampler) == 2
     assert "not a ComfyUI /object_info document" in events(capsys)[0]["message"]
-
-
-SLOW_RUNNER = """
-import sys, time
-from pathlib import Path
-from rt4ksr_nodes.runner import cli, registry
-
-class Slow:
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",)}}
-
-    def run(self, image):
-        Path(sys.argv[1]).touch()  # tells the test the model is busy
-        time.sleep(60)
-        return (image,)
-
-registry.register("Slow", Slow)
-sys.exit(cli.main(sys.argv[2:]))
-"""
-
-
-def test_second_ctrl_c_still_ends_with_a_summary_and_the_resume_hint(tmp_path):
-    for name in ("a", "b", "c"):
-        write_png(tmp_path / "input" / f"{name}.png")
-    prompt = batch_api()
-    prompt["4"] = {"class_type": "Slow", "inputs": {"image": ["2", 0]}}
-    prompt["3"]["inputs"]["images"] = ["4", 0]
-    (tmp_path / "wf.json").write_text(json.dumps(prompt))
-    (tmp_path / "slow.py").write_text(SLOW_RUNNER)
-    busy = tmp_path / "busy"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "slow.py", str(busy), "wf.json", "--json"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            if busy.exists() or process.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert busy.exists(), process.communicate(timeout=5)
-        process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
-    assert "Traceback" not in err
-    final = [json.loads(line) for line in out.splitlines()][-3:]
-    assert final[0]["event"] == "stopping"
-    assert final[1]["event"] == "summary" and final[1]["interrupted"] is True and final[1]["done"] == 0
-    assert final[2]["event"] == "interrupted" and "--resume" in final[2]["message"]
 
 
 @pytest.mark.parametrize("document,message", [

@@ -3,6 +3,7 @@ an interrupt, a corrupt file among good ones, and outputs kept inside the output
 
 import json
 import os
+import re
 import weakref
 
 import numpy as np
@@ -103,8 +104,8 @@ class Watch:
 
 class WatchedFolder(RT4KSRLoadImageFolder):
     @classmethod
-    def stream_load(cls, item, folder, pattern, recursive):
-        outputs = super().stream_load(item, folder, pattern, recursive)
+    def stream_load(cls, item, folder, pattern, recursive, **hidden):
+        outputs = super().stream_load(item, folder, pattern, recursive, **hidden)
         Watch.alive.append(weakref.ref(outputs[0][0]))
         return outputs
 
@@ -243,23 +244,25 @@ def test_batch_outputs_stay_inside_output(folders, field, value):
     prompt["3"]["inputs"][field] = value
     problems = validate(prompt, registry.node_classes())
     assert [(p.node_id, p.kind) for p in problems] == [("3", "rejected_value")]
-    assert "not allowed" in problems[0].message
+    refused = "not allowed|cannot contain /"
+    assert re.search(refused, problems[0].message)
     arguments = {**prompt["3"]["inputs"], "path": "a.png"}
-    with pytest.raises(ValueError, match="not allowed"):
+    with pytest.raises(ValueError, match=refused):
         batch.RT4KSRSaveImageBatch().save(torch.rand(1, 8, 8, 3), **{k: v for k, v in arguments.items() if k != "images"})
     assert not any(folders[1].parent.glob("*.png")) and not list(folders[1].iterdir())
 
 
 def test_batch_name_template_with_an_unknown_field_is_invalid(folders):
+    write_png(folders[0] / "a.png")
     prompt = batch_api(template="{name}--2x")
     assert [p.message for p in validate(prompt, registry.node_classes())] == [
-        "name_template '{name}--2x': KeyError('name') is not a known field; use {stem}, {ext}, {width} and {height}"]
+        "name_template '{name}--2x': '{name}' is not allowed; use only {stem}, {ext}, {width} and {height}, as they are"]
 
 
 def test_batch_loader_refuses_folder_outside_input(folders):
     prompt, classes = batch_api(folder="../"), registry.node_classes()
     problems = validate(prompt, classes)
-    assert [(p.node_id, p.kind, p.input_name) for p in problems] == [("1", "rejected_value", "folder")]
+    assert [(p.node_id, p.kind) for p in problems] == [("1", "rejected_value")]
     assert "outside" in problems[0].message
     summary = Runner(prompt, classes).run()  # not validated: refused when it runs, too
     assert summary.failed == 1 and "outside" in summary.failures[0][1]
@@ -270,8 +273,11 @@ def test_folder_loader_in_comfyui_skips_a_corrupt_file(folders):
     first = write_png(input_dir / "set" / "a.png", seed=1)
     (input_dir / "set" / "b.png").write_bytes(b"\x89PNG broken")
     write_png(input_dir / "set" / "c.png", seed=2)
-    images, masks, paths = batch.RT4KSRLoadImageFolder().load("set", "*.png", False)
+    result = batch.RT4KSRLoadImageFolder().load("set", "*.png", False)
+    images, masks, paths = result["result"]
     assert paths == ["a.png", "c.png"]
+    # Said on the node (ComfyUI shows it and keeps it in the history), not only in the log.
+    assert len(result["ui"]["text"]) == 1 and "b.png" in result["ui"]["text"][0]
     assert np.array_equal(np.rint(images[0][0].numpy() * 255).astype(np.uint8), first)
     (input_dir / "bad").mkdir()
     (input_dir / "bad" / "x.png").write_bytes(b"junk")
@@ -285,7 +291,7 @@ def test_batch_saver_refuses_what_would_lose_data(folders):
     image = torch.rand(1, 8, 8, 3)
     with pytest.raises(ValueError, match=r"a\.png: mask is 4x4 but the image is 8x8"):
         saver.save(image, "a.png", "{stem}", "", "png", "8", 95, mask=torch.ones(1, 4, 4))
-    with pytest.raises(ValueError, match=r"name_template '\{name\}'.*use \{stem\}"):
+    with pytest.raises(ValueError, match=r"name_template '\{name\}'.*use only \{stem\}"):
         saver.save(image, "a.png", "{name}", "", "png", "8", 95)
     saver.save(image, "a.png", "same", "", "png", "8", 95)
     with pytest.raises(ValueError, match=r"b\.png and a\.png would both be saved as .*same\.png: .*no \{stem\}"):
@@ -302,10 +308,10 @@ def test_batch_saver_duplicate_guard_spans_one_prompt(folders):
     saver = batch.RT4KSRSaveImageBatch()
     image = torch.rand(1, 8, 8, 3)
     for queued in ({"3": {}}, {"3": {}}):  # two executions of the same workflow
-        saver.save(image, "a.png", "{stem}", "", "png", "8", 95, prompt=queued)
+        saver.save(image, "a.png", "{stem}", "", "png", "8", 95, overwrite=True, prompt=queued)
     assert (folders[1] / "a.png").is_file()
     first = {"3": {}}
-    saver.save(image, "a.png", "{stem}", "", "png", "8", 95, prompt=first)
+    saver.save(image, "a.png", "{stem}", "", "png", "8", 95, overwrite=True, prompt=first)
     with pytest.raises(ValueError, match=r"a\.jpg and a\.png would both be saved as .*a\.png.*put \{ext\} in"):
         saver.save(image, "a.jpg", "{stem}", "", "png", "8", 95, prompt=first)
     saver.save(image, "sub/a.png", "{stem}", "", "png", "8", 95, prompt=first)  # another folder: no clash
@@ -338,8 +344,11 @@ def test_folder_loader_without_a_match_says_so(folders):
     write_png(folders[0] / "set" / "a.png")
     with pytest.raises(FileNotFoundError, match=r"no image in 'set' matches '\*\.tif'"):
         batch.RT4KSRLoadImageFolder().load("set", "*.tif", False)
-    summary = run(batch_api(folder="set", pattern="*.tif"))
+    summary = Runner(batch_api(folder="set", pattern="*.tif"), registry.node_classes()).run()  # not validated
     assert summary.failed == 1 and "matches '*.tif'" in summary.failures[0][1]
+    problems = validate(batch_api(folder="set", pattern="*.tif"), registry.node_classes())  # --validate-only
+    assert [(p.node_id, p.kind) for p in problems] == [("1", "rejected_value")]
+    assert "matches '*.tif'" in problems[0].message
 
 
 def test_folder_loader_pattern_with_a_slash_matches_the_relative_path(folders):
@@ -357,6 +366,9 @@ def test_folder_loader_skips_symlinks_out_of_the_input_folder(folders, tmp_path,
     os.symlink(folders[0] / "set" / "a.png", folders[0] / "set" / "alias.png")  # stays inside: kept
     assert batch.RT4KSRLoadImageFolder.stream_items("set", "*", False) == ["a.png", "alias.png"]
     assert "link.png" in caplog.text and "outside" in caplog.text
+    result = batch.RT4KSRLoadImageFolder().load("set", "*", False)  # in ComfyUI: said on the node
+    assert result["result"][2] == ["a.png", "alias.png"]
+    assert len(result["ui"]["text"]) == 1 and "link.png" in result["ui"]["text"][0]
 
 
 @pytest.mark.parametrize("bits", ["8", "16"])
@@ -369,6 +381,7 @@ def test_batch_png_carries_prompt_and_workflow(folders, bits):
         saved.load()
         assert json.loads(saved.text["prompt"]) == prompt and json.loads(saved.text["workflow"]) == workflow
     bridge.headless.metadata = False  # the runner's --no-metadata
+    prompt["3"]["inputs"]["overwrite"] = True
     try:
         assert run(prompt, extra_pnginfo={"workflow": workflow}).done == 1
     finally:

@@ -118,11 +118,13 @@ def test_checks_a_run_would_fail_are_made_before_anything_runs(folders):
     prompt["8"] = {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}
     problems = validate(prompt, classes)
     assert kinds(problems) == [("3", "rejected_value", "filename_prefix"), ("5", "rejected_value", "tile_size"),
-                               ("7", "rejected_value", "folder")]
+                               ("7", "rejected_value", "folder, pattern, recursive")]
     messages = {p.node_id: p.message for p in problems}
     assert "outside" in messages["3"] and "got 16" in messages["5"] and "'nowhere' does not exist" in messages["7"]
     prompt["5"]["inputs"]["tile_size"] = 32
     (folders[0] / "nowhere").mkdir()
+    assert "no image in 'nowhere' matches '*'" in {p.node_id: p.message for p in validate(prompt, classes)}["7"]
+    write_png(folders[0] / "nowhere" / "b.png")
     prompt["3"]["inputs"]["filename_prefix"] = "inside/x"
     assert validate(prompt, classes) == []
 

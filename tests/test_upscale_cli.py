@@ -221,3 +221,146 @@ def test_unreadable_file_is_named_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     path = tmp_path / "b.png"
     assert err.startswith(f"error: {path}: cannot read image") and f"{path}: {path}" not in err
+
+
+# --- Hardening (issue 13): usage errors before any work, batches, exclusive writes ---------
+
+
+@pytest.fixture
+def no_upscale(monkeypatch):
+    """Fail the test if any image gets upscaled."""
+    monkeypatch.setattr(upscale_cli, "_run", lambda *a, **k: pytest.fail("upscaled anyway"))
+
+
+def _usage_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--benchmark", "-1"], "argument --benchmark: must be 0 or more"),
+    (["--max-pixels", "-1"], "argument --max-pixels: must be 0 or more"),
+    (["--tile", "-64"], "argument --tile: must be 0 or more"),
+    (["--device", "meta"], "argument --device: device meta: RT4KSR runs on cpu, cuda"),
+    (["--overwrite", "--skip-existing"], "not allowed with argument"),
+])
+def test_bad_numbers_and_devices_are_usage_errors(tmp_path, capsys, no_upscale, option, message):
+    source = _save(tmp_path / "a.png")
+    assert message in _usage_error(["-i", str(source), "--scale", "2", *option], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_mps_is_a_usage_error(tmp_path, capsys, no_upscale):
+    source = _save(tmp_path / "a.png")
+    err = _usage_error(["-i", str(source), "--scale", "2", "--device", "mps"], capsys)
+    assert "MPS (Apple GPU) is not available" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, message", [
+    ("out.xyz", ".xyz is not an image format"),
+    ("out", "has no extension"),
+])
+def test_output_extension_checked_before_the_upscale(tmp_path, capsys, no_upscale, name, message):
+    source = _save(tmp_path / "a.png")
+    assert message in _usage_error(["-i", str(source), "--scale", "2", "-o", str(tmp_path / name)], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_output_file_name_with_several_inputs_is_refused(tmp_path, capsys, no_upscale):
+    a, b = _save(tmp_path / "a.png"), _save(tmp_path / "b.png", index=1)
+    err = _usage_error(["-i", str(a), "-i", str(b), "--scale", "2", "-o", str(tmp_path / "out.png")], capsys)
+    assert "names an image file, but 2 inputs" in err
+    err = _usage_error(["-i", str(tmp_path), "--scale", "2", "-o", str(tmp_path / "out.png")], capsys)
+    assert "a folder input" in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_output_equal_to_the_input_is_refused_even_with_overwrite(tmp_path, capsys, no_upscale):
+    source = _save(tmp_path / "a.png")
+    before = source.read_bytes()
+    err = _usage_error(["-i", str(source), "--scale", "2", "-o", str(source), "--overwrite"], capsys)
+    assert "is the input itself" in err
+    (tmp_path / "link.png").symlink_to(source)  # the same file by another name
+    err = _usage_error(["-i", str(source), "--scale", "2", "-o", str(tmp_path / "link.png"),
+                        "--overwrite"], capsys)
+    assert "is the input itself" in err
+    assert source.read_bytes() == before
+
+
+def test_model_folder_and_file_in_the_output_path_are_explained(tmp_path, capsys, checkpoints, no_upscale):
+    source = _save(tmp_path / "a.png")
+    err = _usage_error(["-i", str(source), "--model", str(checkpoints[2].parent)], capsys)
+    assert f"--model: {checkpoints[2].parent} is a folder; give a checkpoint file" in err
+    assert "rt4ksr_x2.pth" in err
+    (tmp_path / "plain").write_text("a file, not a folder")
+    err = _usage_error(["-i", str(source), "--scale", "2", "-o", str(tmp_path / "plain" / "x.png")], capsys)
+    assert f"{tmp_path / 'plain'} is a file, not a folder" in err and "Errno" not in err
+
+
+def test_jpeg_for_alpha_refused_before_the_upscale(tmp_path, capsys, no_upscale):
+    Image.new("RGBA", (8, 8)).save(tmp_path / "a.png")
+    assert main(["-i", str(tmp_path / "a.png"), "--scale", "2", "-o", str(tmp_path / "a.jpg")]) == 1
+    assert "JPEG cannot store alpha" in capsys.readouterr().err
+
+
+def test_empty_folder_is_reported(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _save(tmp_path / "empty" / "old--2x.png")  # an earlier result is not an input
+    assert main(["-i", str(tmp_path / "empty"), "--scale", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'}: no images to upscale" in err and "done 0, failed 1" in err
+
+
+def test_batch_summary_and_skip_existing(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _save(folder / "a.png")
+    _save(folder / "b.png", index=1)
+    (folder / "c.png").write_bytes(b"broken")
+    assert main(["-i", str(folder), "--scale", "2"]) == 1
+    assert capsys.readouterr().err.strip().endswith("done 2, failed 1")
+    written = (folder / "a--2x.png").read_bytes()
+    # A rerun: existing outputs are errors unless --skip-existing leaves them.
+    assert main(["-i", str(folder), "--scale", "2"]) == 1
+    assert "a--2x.png exists (use --overwrite" in capsys.readouterr().err
+    (folder / "c.png").unlink()
+    assert main(["-i", str(folder), "--scale", "2", "--skip-existing"]) == 0
+    assert capsys.readouterr().err.strip().endswith("done 0, skipped 2, failed 0")
+    assert (folder / "a--2x.png").read_bytes() == written
+
+
+@pytest.mark.parametrize("flag, kept", [([], True), (["--skip-existing"], True), (["--overwrite"], False)])
+def test_output_written_meanwhile_is_never_replaced(tmp_path, capsys, monkeypatch, flag, kept):
+    # Another run writes the same output while this one computes: without --overwrite the
+    # write must not replace it (the name is taken atomically, not checked and then renamed).
+    source = _save(tmp_path / "a.png")
+    target = tmp_path / "a--2x.png"
+    run = upscale_cli._run
+
+    def racing(*args, **kwargs):
+        target.write_bytes(b"the other run's result")
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(upscale_cli, "_run", racing)
+    code = main(["-i", str(source), "--scale", "2", *flag])
+    assert (target.read_bytes() == b"the other run's result") == kept
+    assert code == (1 if flag == [] else 0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_16bit_gray_png_keeps_its_level(tmp_path, fused_models):
+    # A 16-bit gray PNG read through an 8-bit conversion comes out almost white.
+    level = np.full((12, 14), 24672, dtype=np.uint16)  # about 96 of 255
+    level[3:9, 4:10] = 40000
+    Image.fromarray(level).save(tmp_path / "g16.png")
+    assert main(["-i", str(tmp_path / "g16.png"), "--scale", "2"]) == 0
+    with Image.open(tmp_path / "g16--2x.png") as out:
+        assert out.mode == "I;16" and out.size == (28, 24)
+        result = np.asarray(out).astype(np.float64)
+    gray = torch.from_numpy(np.repeat(level[..., None], 3, axis=-1) / 65535).float()[None]
+    expected = reference(fused_models[2], gray)[0].numpy().mean(-1) * 65535
+    assert np.abs(result - expected).max() <= 2
+    assert 24672 * 0.9 < np.median(result) < 24672 * 1.1

@@ -342,5 +342,5 @@ def test_ctrl_c_stops_quickly_exit_130_no_partial_file(tmp_path):
     _, rest = process.communicate(timeout=60)
     assert process.returncode == 130, (seen + rest).decode(errors="replace")
     assert time.monotonic() - start < 10
-    assert b"interrupted" in rest
+    assert b"stopped by Ctrl-C" in rest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"]

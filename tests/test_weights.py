@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import http.server
 import shutil
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ground_truth import checkpoint_path, sha256_of, shared_path
+from offline import no_network  # noqa: F401 - fixture
 from rt4ksr_nodes import weights
 
 
@@ -104,10 +107,116 @@ def test_tampered_download_leaves_nothing(server, dest):
     assert leftovers(dest) == []
 
 
-def test_corrupt_existing_file_is_replaced(server, dest):
+def test_a_changed_file_is_never_replaced(server, dest):
+    """A file under the released name that is not the release (changed on disk, or someone's
+    model) is left alone; the message says it failed its SHA-256 check."""
     (dest / "rt4ksr_x3.pth").write_bytes(b"not a model")
-    path = weights.ensure("rt4ksr_x3", dest_dir=dest, mirror=server.url, progress=False)
-    assert sha256_of(path) == weights.releases()["rt4ksr_x3"].sha256
+    with pytest.raises(weights.WeightsError, match=r"rt4ksr_x3.pth is not the released rt4ksr_x3.pth: "
+                       r"it failed its SHA-256 check .*never overwritten"):
+        weights.ensure("rt4ksr_x3", dest_dir=dest, mirror=server.url, progress=False)
+    assert (dest / "rt4ksr_x3.pth").read_bytes() == b"not a model"
+    assert server.requests == []
+
+
+def test_a_verified_copy_in_a_searched_folder_is_used_offline(tmp_path, dest, no_network):
+    folders = [tmp_path / "comfy" / "models" / "rt4ksr", tmp_path / "extra" / "upscale_models"]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    shutil.copy(checkpoint_path(2), folders[1] / "rt4ksr_x2.pth")
+    (folders[0] / "rt4ksr_x2.pth").write_bytes(b"someone's own model")  # not the release: skipped
+    path = weights.ensure("rt4ksr_x2", dest_dir=dest, search=folders)
+    assert path == folders[1] / "rt4ksr_x2.pth"
+    assert no_network == [] and leftovers(dest) == []
+    assert (folders[0] / "rt4ksr_x2.pth").read_bytes() == b"someone's own model"
+
+
+def test_offline_with_a_changed_copy_says_so(tmp_path, dest, no_network, monkeypatch):
+    """No network, the only copy changed on disk: the error names the failed SHA-256 check and
+    the folders searched, not only the failed download."""
+    folder = tmp_path / "comfy" / "models" / "rt4ksr"
+    folder.mkdir(parents=True)
+    changed = bytearray(checkpoint_path(2).read_bytes())
+    changed[-100] ^= 1
+    (folder / "rt4ksr_x2.pth").write_bytes(bytes(changed))
+    with pytest.raises(weights.WeightsError) as error:
+        weights.ensure("rt4ksr_x2", dest_dir=dest, search=[folder], progress=False, backoff=0, attempts=1)
+    message = str(error.value)
+    assert "could not download rt4ksr_x2.pth" in message
+    assert f"{folder / 'rt4ksr_x2.pth'} failed its SHA-256 check" in message
+    assert f"Searched for a verified local copy in: {dest}, {folder}" in message
+    assert sha256_of(folder / "rt4ksr_x2.pth") in message
+    assert no_network == ["github.com"] and leftovers(dest) == []
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback server that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_cancel_stops_a_download_from_a_silent_server(silent_server, dest):
+    """The server accepts and never answers; Cancel, 0.3 s after it accepted, ends the download
+    within a second, as cancelled (not as a failed download), with nothing left behind."""
+    url, accepted = silent_server
+    asked = []
+
+    def cancelled():
+        if accepted and not asked:
+            asked.append(time.monotonic() + 0.3)
+        return bool(asked) and time.monotonic() > asked[0]
+
+    with pytest.raises(weights.DownloadCancelled):
+        weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=url, timeout=20, cancelled=cancelled, progress=False)
+    assert time.monotonic() - asked[0] < 1.0
+    assert len(accepted) == 1 and leftovers(dest) == []
+
+
+def test_cancel_between_attempts(server, dest):
+    """A 503, then a 30 s wait before the retry: Cancel during the wait ends it at once."""
+    server.plan["/rt4ksr_x2.pth"] = ["503"] * 3
+    asked = []
+
+    def cancelled():
+        if server.requests and not asked:
+            asked.append(time.monotonic() + 0.2)
+        return bool(asked) and time.monotonic() > asked[0]
+
+    with pytest.raises(weights.DownloadCancelled, match="waiting to retry"):
+        weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=server.url, backoff=30, progress=False, cancelled=cancelled)
+    assert time.monotonic() - asked[0] < 1.0
+    assert server.requests == ["/rt4ksr_x2.pth"] and leftovers(dest) == []
+
+
+def test_cancel_mid_file_and_progress(server, dest):
+    """Progress reports the bytes received against the release's size; a cancel between two
+    chunks leaves no file."""
+    size = weights.releases()["rt4ksr_x2"].size
+    seen = []
+    weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=server.url, on_progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (size, size) and all(t == size for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 2
+    (dest / "rt4ksr_x2.pth").unlink()
+    seen.clear()
+    with pytest.raises(weights.DownloadCancelled):
+        weights.ensure("rt4ksr_x2", dest_dir=dest, mirror=server.url,
+                       on_progress=lambda d, t: seen.append(d), cancelled=lambda: len(seen) >= 2)
+    assert 2 <= len(seen) < 5 and leftovers(dest) == []
 
 
 def test_retries_server_errors_and_broken_streams(server, dest):

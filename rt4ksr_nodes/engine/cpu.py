@@ -12,9 +12,11 @@ cost: up to TRIM_THRESHOLD (512 MiB) of freed memory may stay mapped in the proc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+from typing import Callable, Iterator
 
 # Above a 4K frame's float32 planes (3840 x 2160 x 3 x 4 bytes = 100 MB): the result and the
 # network's output come from the heap and are reused call after call. Measured here (fp32,
@@ -60,6 +62,36 @@ def _mallopt() -> bool:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+@contextlib.contextmanager
+def sharing_cores() -> Iterator[Callable[[int], None]]:
+    """Yield share(busy): gives torch's CPU kernels the cores that `busy` other CPU-bound
+    threads leave free (at least one); the thread count is restored afterwards.
+
+    For pipelines whose encoder threads compete with the model: torch's threads wait for each
+    other at every kernel's end, so one of them descheduled by an encoder stalls the rest and
+    the waiting ones burn CPU the encoders could use. With one thread per free core the model
+    never waits for a core it does not get.
+    """
+    import torch
+
+    cores, before = usable_cores(), torch.get_num_threads()
+
+    def share(busy: int) -> None:
+        wanted = max(1, min(before, cores - busy))
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+
+    try:
+        yield share
+    finally:
+        torch.set_num_threads(before)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def release_free_memory() -> None:

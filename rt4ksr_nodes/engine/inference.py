@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
 from collections import deque
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .device import free_memory, is_out_of_memory, resolve_device, resolve_dtype
+from .device import (
+    free_memory,
+    is_out_of_memory,
+    resolve_device,
+    resolve_dtype,
+    resolve_output_device,
+)
 from .errors import UpscaleCancelled, UpscaleOutOfMemory
-from .memory import USABLE, auto_tile, bytes_per_pixel
+from .memory import auto_tile, bytes_per_pixel, plan_memory, whole_frame_bytes
 from .network import write_blocks
 from .prepare import accelerated
 from .tiling import MIN_TILE, Box, Tile, context_for, even_tile, split, window
@@ -39,7 +46,8 @@ def upscale(
     train-time form). The engine runs its own arrangement of the model's weights (see
     network.py), not the model's forward.
 
-    Returns B x sH x sW x C' float32 in [0, 1] on `output_device` (default the CPU). Any H and W
+    Returns B x sH x sW x C' float32 in [0, 1] on `output_device` (default the CPU; a bare
+    device type such as "cuda" means the compute device when it is of that type). Any H and W
     work, 1 x 1 included. C = 3 (RGB), 4 (RGBA), 1 (gray: run as RGB with the value in all
     three channels; the result is the mean of the three outputs) or 2 (gray + alpha).
 
@@ -63,14 +71,10 @@ def upscale(
     batch, height, width, channels = _check(model, image, tile_size, alpha)
     device = resolve_device(device)
     dtype = resolve_dtype(precision, device)
-    output_device = torch.device("cpu" if output_device is None else output_device)
+    output_device = resolve_output_device(output_device, device)
     scale = model.scale
-    colours, has_alpha = (1, channels == 2) if channels <= 2 else (3, channels == 4)
-    keep_alpha = has_alpha and alpha != "discard"
+    colours, keep_alpha, passes = _layout(channels, alpha)
     out_channels = colours + keep_alpha
-    passes = 2 if has_alpha and alpha == "model" else 1
-
-    output_bytes = batch * scale * scale * height * width * out_channels * 4
     tiler = make_tiler(
         model,
         (height, width),
@@ -78,7 +82,7 @@ def upscale(
         device,
         tile_size=tile_size,
         output_device=output_device,
-        output_bytes=output_bytes if output_device == device else 0,
+        output_bytes=_output_bytes(model, image.shape, alpha, output_device, device),
         passes=passes * batch,
         progress=progress,
         cancel=cancel,
@@ -107,7 +111,11 @@ def upscale(
             if alpha == "model":
                 upscaled = tiler.run(network_input(plane.expand(-1, 3, -1, -1), device, dtype))
                 upscaled = upscaled[: scale * height, : scale * width].float().mean(-1)
-                upscaled = _keep_constant_alpha(plane.to(device, torch.float32), upscaled, scale)
+                # Where the canvas is: the compute device, or the output device when the compute
+                # device was short of memory.
+                upscaled = _keep_constant_alpha(
+                    plane.to(upscaled.device, torch.float32), upscaled, scale
+                )
             else:
                 upscaled = F.interpolate(
                     plane.to(device=device, dtype=torch.float32),
@@ -117,6 +125,43 @@ def upscale(
                 )[0, 0].clamp_(0, 1)
             output[index, ..., colours].copy_(upscaled)
     return output
+
+
+def memory_needed(
+    model,
+    image: torch.Tensor,
+    *,
+    precision: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    alpha: str = "model",
+    output_device: str | torch.device | None = None,
+) -> int:
+    """Free memory on the compute device with which upscale() with these arguments takes the
+    image in one tile per plane, its canvas on the device, plus a margin for cuDNN and the
+    allocator: what to ask a memory manager (ComfyUI's) to free before upscaling."""
+    _batch, height, width, _channels = _check(model, image, 0, alpha)
+    device = resolve_device(device)
+    dtype = resolve_dtype(precision, device)
+    output_device = resolve_output_device(output_device, device)
+    padded = (height + height % 2, width + width % 2)
+    output_bytes = _output_bytes(model, image.shape, alpha, output_device, device)
+    return whole_frame_bytes(model, padded, dtype, output_bytes)
+
+
+def _layout(channels: int, alpha: str) -> tuple[int, bool, int]:
+    """(colour channels, whether an alpha channel is output, network passes per image)."""
+    colours, has_alpha = (1, channels == 2) if channels <= 2 else (3, channels == 4)
+    passes = 2 if has_alpha and alpha == "model" else 1
+    return colours, has_alpha and alpha != "discard", passes
+
+
+def _output_bytes(model, shape, alpha: str, output_device, device) -> int:
+    """What the result takes on the compute device: nothing when it goes elsewhere."""
+    if output_device != device:
+        return 0
+    batch, height, width, channels = shape
+    colours, keep_alpha, _passes = _layout(channels, alpha)
+    return batch * model.scale**2 * height * width * (colours + keep_alpha) * 4
 
 
 def _keep_constant_alpha(plane: torch.Tensor, upscaled: torch.Tensor, scale: int) -> torch.Tensor:
@@ -138,6 +183,8 @@ def _check(model, image: torch.Tensor, tile_size: int, alpha: str) -> tuple[int,
         raise ValueError(f"image must have 1 to 4 channels (gray, gray + alpha, RGB, RGBA), got {image.shape[-1]}")
     if model.in_channels != 3:
         raise ValueError(f"only RGB models are supported, this one takes {model.in_channels}")
+    if not isinstance(tile_size, numbers.Integral) or isinstance(tile_size, bool):
+        raise TypeError(f"tile_size must be a whole number (0 = automatic), got {tile_size!r}")
     if tile_size != 0 and tile_size < MIN_TILE:
         raise ValueError(f"tile_size must be 0 (automatic) or at least {MIN_TILE}")
     if alpha not in ALPHA_MODES:
@@ -217,12 +264,8 @@ class Tiler:
         self.net, self.scale, self.context, self.device = net, model.scale, context, device
         self.height, self.width = padded
         self.progress, self.cancel = progress, cancel
-        plane = self.height * self.width
-        budget = USABLE * free_memory(device) - output_bytes - 3 * plane * dtype.itemsize
-        canvas_bytes = 3 * self.scale**2 * plane * dtype.itemsize
-        canvas_device = device if canvas_bytes <= budget / 2 else output_device
-        if canvas_device == device:
-            budget -= canvas_bytes
+        on_device, budget = plan_memory(model, padded, dtype, free_memory(device), output_bytes)
+        canvas_device = device if on_device else output_device
         self.canvas_spec = dict(
             size=(self.scale * self.height, self.scale * self.width, 3),
             dtype=dtype,
@@ -255,7 +298,7 @@ class Tiler:
                 self._run_tile(source, tile, target)
                 out_of_memory = False
             except RuntimeError as error:
-                if not is_out_of_memory(error):
+                if not is_out_of_memory(error, self.device):
                     raise
                 self._shrink(error)
                 out_of_memory = True
@@ -301,8 +344,10 @@ class Tiler:
     def _shrink(self, error: RuntimeError) -> None:
         """Halve the tile after an out-of-memory error, or give up below MIN_TILE."""
         if self.tile <= MIN_TILE:
+            # The device's own words (first line, capped): cuDNN and cuBLAS name no "memory".
+            reason = (str(error).strip().split("\n") or [""])[0][:200]
             raise UpscaleOutOfMemory(
-                f"out of memory on {self.device} even with {self.tile}-px tiles; free memory "
-                "on the device, use fp16, or run on another device"
+                f"out of memory on {self.device} even with {self.tile}-px tiles ({reason}); "
+                "free memory on the device, use fp16, or run on another device"
             ) from error
         self.tile = max(even_tile(self.tile // 2), MIN_TILE)

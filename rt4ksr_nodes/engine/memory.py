@@ -15,6 +15,8 @@ covers that, convolution workspaces and layout reorders.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .tiling import MIN_TILE
@@ -22,6 +24,8 @@ from .tiling import MIN_TILE
 SAFETY = 2.0
 # Share of the free memory the engine plans to use; the rest stays for everything else.
 USABLE = 0.8
+# Asked for on top of the plan: cuDNN / cuBLAS handles and workspaces, allocator rounding.
+MARGIN = 256 << 20
 
 
 def bytes_per_pixel(model, dtype: torch.dtype) -> float:
@@ -42,3 +46,30 @@ def auto_tile(
         return max(height, width)
     side = int((max(budget, 0) / per_pixel) ** 0.5) - 2 * context
     return max(side - side % 2, MIN_TILE)
+
+
+def plan_memory(
+    model, padded: tuple[int, int], dtype: torch.dtype, free: int, output_bytes: int
+) -> tuple[bool, float]:
+    """(canvas on the device?, bytes left for activations) for one padded plane, with `free`
+    bytes free on the device of which the caller keeps `output_bytes`. The input plane comes
+    first; the canvas stays on the device when it takes at most half of what is left."""
+    plane = padded[0] * padded[1]
+    budget = USABLE * free - output_bytes - 3 * plane * dtype.itemsize
+    canvas = 3 * model.scale**2 * plane * dtype.itemsize
+    if canvas <= budget / 2:
+        return True, budget - canvas
+    return False, budget
+
+
+def whole_frame_bytes(
+    model, padded: tuple[int, int], dtype: torch.dtype, output_bytes: int
+) -> int:
+    """Free device memory with which plan_memory keeps the canvas on the device and auto_tile
+    takes the whole plane as one tile, plus MARGIN."""
+    plane = padded[0] * padded[1]
+    inputs = 3 * plane * dtype.itemsize
+    canvas = 3 * model.scale**2 * plane * dtype.itemsize
+    activations = plane * bytes_per_pixel(model, dtype)
+    held = output_bytes + inputs + max(2 * canvas, canvas + activations)
+    return math.ceil(held / USABLE) + MARGIN

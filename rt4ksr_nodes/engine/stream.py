@@ -5,6 +5,9 @@ On CUDA the three stages of consecutive frames overlap: frame i+1 uploads on one
 frame i-1 downloads on another while frame i computes; host buffers are pinned so both copies
 are asynchronous DMA. A frame is handed out once its download has finished (one frame of lag).
 Elsewhere frames run one after the other and are handed out at once.
+
+The whole loop is a stream for the network's runner (accel.Accelerated.stream): CUDA graphs for
+repeated window shapes, and compilation in the background as the compile policy says.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 import torch
 
 from .device import resolve_device, resolve_dtype
-from .inference import Tiler, make_tiler, network_input
+from .inference import Cancel, Tiler, make_tiler, network_input
+from .prepare import accelerated
 
 
 def upscale_frames(
@@ -26,12 +30,14 @@ def upscale_frames(
     precision: str | torch.dtype = "auto",
     device: str | torch.device = "auto",
     tile_size: int = 0,
+    cancel: Cancel | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield each H x W x 3 uint8 frame (numpy or CPU tensor) upscaled: sH x sW x 3 uint8 CPU
     tensors (pinned on CUDA), rounded like imageio (round half to even of 255 * clamp(x)).
 
     Frames may change size; the tile plan is rebuilt when they do. Same network, padding and
     tiling as upscale(), so the result equals upscale() on the frame / 255, quantised.
+    cancel: polled before every tile; a truthy answer raises UpscaleCancelled.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(precision, device)
@@ -42,22 +48,29 @@ def upscale_frames(
     pending: deque[tuple[torch.Tensor, torch.cuda.Event | None]] = deque()
     tiler: Tiler | None = None
     planned = None  # the frame size the tiler was made for
-    for frame in frames:
-        host = _as_uint8_tensor(frame)
-        height, width = host.shape[:2]
-        if planned != (height, width):
-            tiler = make_tiler(model, (height, width), dtype, device, tile_size=tile_size)
-            planned = (height, width)
-        # Made outside inference mode: the consumer gets ordinary tensors it may modify.
-        output = torch.empty(
-            (tiler.scale * height, tiler.scale * width, 3), dtype=torch.uint8, pin_memory=cuda
-        )
-        pending.append(_upscale_into(output, host, tiler, dtype, upload, download))
-        # Yielded outside inference mode, which would otherwise hold in the consumer's loop.
-        if len(pending) > in_flight:
+    runner = accelerated(model, device, dtype)
+    with runner.stream():
+        for frame in frames:
+            host = _as_uint8_tensor(frame)
+            height, width = host.shape[:2]
+            if planned != (height, width):
+                # The old size's graphs go first: their pool would count as free memory.
+                runner.release()
+                tiler = make_tiler(
+                    model, (height, width), dtype, device, tile_size=tile_size, cancel=cancel
+                )
+                planned = (height, width)
+            # Made outside inference mode: the consumer gets ordinary tensors it may modify.
+            output = torch.empty(
+                (tiler.scale * height, tiler.scale * width, 3), dtype=torch.uint8,
+                pin_memory=cuda,
+            )
+            pending.append(_upscale_into(output, host, tiler, dtype, upload, download))
+            # Yielded outside inference mode, which would otherwise hold in the consumer's loop.
+            if len(pending) > in_flight:
+                yield _finished(pending.popleft())
+        while pending:
             yield _finished(pending.popleft())
-    while pending:
-        yield _finished(pending.popleft())
 
 
 @torch.inference_mode()
@@ -75,11 +88,10 @@ def _upscale_into(output: torch.Tensor, host: torch.Tensor, tiler: Tiler, dtype:
         staged = host.to(device, non_blocking=True)
     torch.cuda.current_stream(device).wait_stream(upload)
     staged.record_stream(torch.cuda.current_stream(device))
-    canvas = tiler.run(_to_network(staged, dtype))
-    result = _quantise(
-        canvas[: tiler.scale * height, : tiler.scale * width],
-        torch.empty(output.shape, dtype=torch.uint8, device=device),
-    )
+    canvas = tiler.run(_to_network(staged, dtype))[: tiler.scale * height, : tiler.scale * width]
+    if canvas.device != device:  # kept in host memory (the GPU was short): already there
+        return _quantise(canvas, output), None
+    result = _quantise(canvas, torch.empty(output.shape, dtype=torch.uint8, device=device))
     download.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(download):
         output.copy_(result, non_blocking=True)

@@ -57,7 +57,7 @@ class Checkpoint:
         return model.eval().requires_grad_(False)
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+def _read_safetensors(path: Path, any_architecture: bool = False) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -66,7 +66,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(
             f"{path}: cannot be read as a .safetensors file (truncated or corrupt?): {error}"
         ) from error
-    if metadata.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+    if not any_architecture and metadata.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise CheckpointError(
             f"{path}: its metadata says architecture {metadata['architecture']!r}, "
             f"expected {ARCHITECTURE!r}"
@@ -74,27 +74,40 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """torch's unpickler message without its advice: it suggests weights_only=False, which would
+    run whatever code the file holds, and must never reach a user as a way out."""
+    text = str(error).split("WeightsUnpickler error:")[-1]
+    sentences = [s.strip() for line in text.splitlines() for s in line.split(". ") if s.strip()]
+    kept = [
+        s.rstrip(".")
+        for s in sentences
+        if not any(word in s for word in ("weights_only", "Weights only load failed", "trusted source",
+                                          "safe_globals", "documentation", "Please use", "Please file"))
+    ]
+    return "; ".join(kept) or type(error).__name__
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # torch wraps every unpickler failure; keep just its one-line reason.
-        reason = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
-        reason = reason.split(" Please use")[0]
-        if "Unsupported global" not in reason:
+        reason = _unpickler_reason(error)
+        if "GLOBAL" not in reason.upper():
             raise CheckpointError(
                 f"{path}: cannot be read as a PyTorch checkpoint (corrupt or not a "
                 f"checkpoint): {reason}"
-            ) from error
+            ) from None
         raise CheckpointError(
-            f"{path}: refused; it holds Python objects that only unsafe unpickling could load "
-            f"(only plain tensors are read, weights_only=True): {reason}"
-        ) from error
+            f"{path}: refused: it holds Python objects or code that only unsafe unpickling "
+            f"would load, and this pack reads plain tensors only: {reason}. Use the released "
+            "checkpoint or a .safetensors file."
+        ) from None
     except Exception as error:  # arbitrary bytes fail anywhere inside the unpickler
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, corrupt or not a "
-            f"checkpoint): {type(error).__name__}: {error}"
-        ) from error
+            f"checkpoint): {type(error).__name__}: {_unpickler_reason(error)}"
+        ) from None
     return _unwrap(content)
 
 
@@ -122,7 +135,7 @@ def _shape(state: dict, key: str, dims: int, path: Path) -> tuple[int, ...]:
 
 def _hyperparameters(state: dict, form: str, path: Path) -> dict:
     features, head_in, *_ = _shape(state, "head.0.weight", 4, path)
-    if head_in % 4:
+    if head_in % 4 or not head_in:
         raise CheckpointError(
             f"{path}: head.0.weight takes {head_in} channels, expected 4 x image channels "
             "(pixel-unshuffle by 2)"
@@ -198,20 +211,14 @@ def looks_like_rt4ksr(path: str | os.PathLike) -> bool:
     return CORE_KEYS <= keys and any(_block_forms(keys))
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read and validate `path` without building a model."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix.lower() == SAFETENSORS_SUFFIX:
-        state, metadata = _read_safetensors(path)
-    else:
-        state, metadata = _read_pickle(path), {}
+def parse_state_dict(state, origin: str | os.PathLike) -> tuple[str, dict, dict]:
+    """(form, hyperparameters, state dict without the unused keys) of an RT4KSR state dict, from
+    its keys and tensor shapes; CheckpointError naming `origin` when it is not a complete one."""
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise CheckpointError(
-            f"{path}: holds no state dict of tensors (found {type(state).__name__}); expected an "
+            f"{origin}: holds no state dict of tensors (found {type(state).__name__}); expected an "
             "RT4KSR checkpoint"
         )
     state = {
@@ -222,14 +229,14 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not CORE_KEYS <= state.keys():
         sample = ", ".join(sorted(state)[:6]) or "none"
         raise CheckpointError(
-            f"{path}: not an RT4KSR checkpoint: it lacks head.0.weight and/or upsample.0.weight "
+            f"{origin}: not an RT4KSR checkpoint: it lacks head.0.weight and/or upsample.0.weight "
             f"(its keys begin {sample}); expected the released rt4ksr_x2/x3 .pth, a state dict "
             "of it, or a .safetensors written by rt4ksr_nodes"
         )
     has_fused, has_train = _block_forms(state)
     if has_fused == has_train:
         raise CheckpointError(
-            f"{path}: "
+            f"{origin}: "
             + (
                 "mixes fused (rep_conv) and train-time (expand_conv) blocks"
                 if has_fused
@@ -237,8 +244,42 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             )
         )
     form = "fused" if has_fused else "train"
-    params = _hyperparameters(state, form, path)
-    _check_keys(state, RT4KSR(**params), path)
+    params = _hyperparameters(state, form, origin)
+    _check_keys(state, RT4KSR(**params), origin)
+    return form, params, state
+
+
+def fused_from_state_dict(state, origin: str | os.PathLike) -> RT4KSR:
+    """The fused model of an RT4KSR state dict (train-time ones are reparameterized)."""
+    _, params, state = parse_state_dict(state, origin)
+    model = RT4KSR(**params)
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False) if model.fused else fuse(model)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The state dict in a .pth (plain tensors only) or .safetensors file, of any architecture."""
+    path = Path(path)
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path, any_architecture=True)[0]
+    return _read_pickle(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate `path` without building a model."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: is a folder, not a checkpoint file; give the .pth or .safetensors file "
+            "itself"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        state, metadata = _read_safetensors(path)
+    else:
+        state, metadata = _read_pickle(path), {}
+    form, params, state = parse_state_dict(state, path)
     for key, declared in (("form", form), ("scale", str(params["scale"]))):
         if key in metadata and metadata[key] != declared:
             raise CheckpointError(
@@ -274,11 +315,8 @@ def load_model(path: str | os.PathLike, reparameterize: bool = True) -> RT4KSR:
     return model
 
 
-def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write `model` as .safetensors with its provenance; atomic, never half-written."""
-    path = Path(path)
-    if path.suffix.lower() != SAFETENSORS_SUFFIX:
-        raise ValueError(f"{path}: RT4KSR models are saved as {SAFETENSORS_SUFFIX} only")
+def _contents(model: RT4KSR) -> tuple[dict, dict]:
+    """The tensors and metadata of `model`'s .safetensors file."""
     metadata = {
         "architecture": ARCHITECTURE,
         "form": model.form,
@@ -286,6 +324,28 @@ def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = Fals
         "source_sha256": model.source_sha256,
     }
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    return tensors, metadata
+
+
+def holds_model(path: str | os.PathLike, model: RT4KSR) -> bool:
+    """Whether the .safetensors at `path` is `model` as `save_model` writes it (compared by
+    content: safetensors does not write metadata in a fixed order, so bytes may differ)."""
+    tensors, metadata = _contents(model)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            if (handle.metadata() or {}) != metadata or set(handle.keys()) != set(tensors):
+                return False
+            return all(torch.equal(handle.get_tensor(key), value) for key, value in tensors.items())
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def save_model(model: RT4KSR, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `model` as .safetensors with its provenance; atomic, never half-written."""
+    path = Path(path)
+    if path.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise ValueError(f"{path}: RT4KSR models are saved as {SAFETENSORS_SUFFIX} only")
+    tensors, metadata = _contents(model)
     try:
         with atomic_write(path, overwrite=overwrite) as out:
             out.write(save(tensors, metadata=metadata))

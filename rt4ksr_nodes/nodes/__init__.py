@@ -1,6 +1,9 @@
 """Node layer: thin ComfyUI adapters over the engine (classic node classes, so the headless
 runner can use them without ComfyUI)."""
 
+import importlib.util
+import logging
+
 from .. import comfy_bridge
 from .batch import BATCH_DISPLAY_NAMES, BATCH_NODES
 from .models import RT4KSRModelLoader, RT4KSRReparameterize
@@ -8,7 +11,23 @@ from .upscale import RT4KSRUpscale, RT4KSRUpscaleToSize
 from .video import RT4KSRUpscaleVideo
 from .video_batch import VIDEO_BATCH_DISPLAY_NAMES, VIDEO_BATCH_NODES
 
+
+def register_with_spandrel() -> bool:
+    """Make RT4KSR files load in spandrel (ComfyUI's core upscale-model nodes) when spandrel is
+    installed; spandrel is never imported when it is absent. True when spandrel is usable."""
+    if importlib.util.find_spec("spandrel") is None:
+        return False
+    try:
+        from ..model.spandrel_arch import register
+    except Exception as error:  # noqa: BLE001 - a broken spandrel must not break the pack
+        logging.getLogger(__name__).warning("RT4KSR: spandrel is installed but cannot be imported (%s)", error)
+        return False
+    register()
+    return True
+
+
 comfy_bridge.register_model_folder()
+SPANDREL = register_with_spandrel()
 
 NODE_CLASS_MAPPINGS = {
     "RT4KSRModelLoader": RT4KSRModelLoader,

@@ -13,21 +13,28 @@ from __future__ import annotations
 import contextvars
 import fnmatch
 import hashlib
+import importlib.util
 import json
 import logging
+import os
+import re
+import string
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
 from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, inside
-from ..imageio import IMAGE_EXTENSIONS, ImageReadError, Picture, read_image, write_image
+from ..fileio import UnsafePathError, brief, inside
+from ..imageio import IMAGE_EXTENSIONS, PNG_LEVEL, ImageReadError, Picture, read_image, write_image
 from .common import CATEGORY
 
 log = logging.getLogger(__name__)
-FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
-BIT_DEPTHS = ["8", "16"]
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "webp lossless": ".webp", "tiff": ".tif", "exr": ".exr"}
+BIT_DEPTHS = ["8", "16", "32"]
+# The depths each format stores (others store 8 bits only).
+FORMAT_DEPTHS = {"png": ("8", "16"), "tiff": ("8", "16"), "exr": ("16", "32")}
+TEMPLATE_FIELDS = ("stem", "ext", "width", "height")
 PATH_SLOT = 2  # the loader's output carrying the file's relative path
 
 # Set by the headless runner: submit(job) runs job() on an encoder thread.
@@ -53,7 +60,9 @@ class RT4KSRLoadImageFolder:
     DESCRIPTION = (
         "Loads every image of a folder inside the input folder (PNG, JPEG, WebP, TIFF, BMP; 8 or "
         "16 bits), in sorted order, as a list: the nodes after it run once per image. The path "
-        "output carries each file's path relative to the folder, for Save Image Batch."
+        "output carries each file's path relative to the folder, for Save Image Batch. The files "
+        "the Save Image Batch nodes it feeds would write are never loaded, and their names are "
+        "checked before any image is computed."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
@@ -71,89 +80,227 @@ class RT4KSRLoadImageFolder:
         return {
             "required": {
                 "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; empty = the input folder."}),
-                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern, e.g. *.png or frame_*.tif; with a / it matches the path inside the folder, e.g. sub/*.png."}),
+                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern (any letter case), e.g. *.png "
+                            "or frame_*.tif; with a / it matches the path inside the folder, e.g. sub/*.png."}),
                 "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
-            }
+            },
+            # To find the Save Image Batch nodes fed by this loader: their names are checked
+            # before any image is computed, and their outputs are never read back as inputs.
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def stream_items(cls, folder, pattern, recursive) -> list[str]:
-        """Relative paths (POSIX) of the matching images, sorted. A pattern with a '/' is
-        matched against the relative path, one without against the file name; hidden files and
-        folders are left out, and so are symlinks that lead out of the input folder."""
-        root = cls._root(folder)
-        if not root.is_dir():
-            raise FileNotFoundError(_no_folder(folder))
-        pattern = pattern or "*"
-        found = root.rglob("*") if recursive else root.iterdir()
-        names = []
-        for path in found:
-            relative = path.relative_to(root).as_posix()
-            if (path.suffix.lower() not in IMAGE_EXTENSIONS or any(p.startswith(".") for p in relative.split("/"))
-                    or not fnmatch.fnmatch(relative if "/" in pattern else path.name, pattern)):
-                continue
-            try:
-                inside(root, relative)
-            except UnsafePathError as error:
-                log.warning("Load Image Folder (RT4KSR): skipping %s: %s", path, error)
-                continue
-            if path.is_file():
-                names.append(relative)
-        if not names:
-            searched = f"{root} and its subfolders" if recursive else f"{root}, not its subfolders"
-            raise FileNotFoundError(f"no image in {folder!r} matches {pattern!r} (searched {searched})")
-        return sorted(names)
+    def stream_items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> list[str]:
+        """Relative paths (POSIX) of the images to load, sorted (see `_items`); what was left
+        out is logged."""
+        items, notes = cls._items(folder, pattern, recursive, prompt, unique_id)
+        for note in notes:
+            log.warning("Load Image Folder (RT4KSR): %s", note)
+        return items
 
     @classmethod
-    def VALIDATE_INPUTS(cls, folder=None):
-        """The folder must exist inside the input folder before anything runs; which files
-        match is known only when the workflow runs."""
+    def _items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> tuple[list[str], list[str]]:
+        """The matching images and notes on what was left out. The files this workflow
+        (`prompt`) writes are left out: those of the Save Image Batch nodes this loader feeds,
+        and Save Image's numbered files; a folder batch never reads its own outputs, even with
+        the output folder inside the input folder. Raises ValueError, before any image is
+        computed, when two sources would be saved under one name or a source under its own."""
+        root = cls._root(folder)
+        names, notes = _listing(root, folder, pattern, recursive)
+        outputs = {}
+        for saver in _savers(prompt, unique_id):
+            outputs.update(_plan_names(root, names, saver, outputs))
+        numbered = _numbered_outputs(prompt)
+        own = {n for n in names if (path := (root / n).resolve()) in outputs
+               or any(path.parent == where and name.fullmatch(path.name) for where, name in numbered)}
+        if own:
+            notes.append(f"left out {len(own)} file{'s' * (len(own) > 1)} that this workflow writes "
+                         f"(e.g. {min(own)}): a folder batch never reads its own outputs")
+            names = [n for n in names if n not in own]
+            if not names:
+                raise FileNotFoundError(f"every image in {brief(folder)} matching {brief(pattern)} is an output "
+                                        "of this workflow; nothing is left to load")
+        return names, notes
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None, pattern=None, recursive=None):
+        """The folder must exist inside the input folder and hold a matching image before
+        anything runs."""
         if folder is None:
             return True
         try:
             root = cls._root(folder)
         except UnsafePathError as error:
             return str(error)
-        return True if root.is_dir() else _no_folder(folder)
+        if not root.is_dir():
+            return _no_folder(folder)
+        if pattern is not None and recursive is not None:
+            try:
+                _listing(root, folder, pattern, recursive)
+            except FileNotFoundError as error:
+                return str(error)
+        return True
 
     @classmethod
-    def IS_CHANGED(cls, folder, pattern, recursive) -> str:
+    def IS_CHANGED(cls, folder, pattern, recursive, **_) -> str:
         """A hash of each matching file's relative path, size and modification time: ComfyUI
         reruns the loader (instead of reusing its list) when files are added or replaced."""
         root = cls._root(folder)
         digest = hashlib.sha256()
-        for item in cls.stream_items(folder, pattern, recursive):
+        for item in _listing(root, folder, pattern, recursive)[0]:
             stat = (root / item).stat()
             digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
     @classmethod
-    def stream_load(cls, item: str, folder, pattern, recursive) -> tuple:
+    def stream_load(cls, item: str, folder, pattern, recursive, **_) -> tuple:
         """The outputs for one file, each a one-element list."""
-        image, mask = _as_comfy(read_image(cls._root(folder) / item))
-        return [image], [mask], [item]
+        picture = read_image(cls._root(folder) / item)
+        image, mask = _as_comfy(picture)
+        return [image], [mask], [SourcePath(item, picture.icc_profile)]
 
     @staticmethod
     def _root(folder: str) -> Path:
         return inside(bridge.directory("input"), folder or ".")
 
-    def load(self, folder, pattern, recursive):
+    def load(self, folder, pattern, recursive, prompt=None, unique_id=None):
+        items, notes = self._items(folder, pattern, recursive, prompt, unique_id)
+        _refuse_existing(self._root(folder), items, _savers(prompt, unique_id))
         outputs, failures = ([], [], []), []
-        for item in self.stream_items(folder, pattern, recursive):
+        for item in items:
             try:
                 loaded = self.stream_load(item, folder, pattern, recursive)
             except ImageReadError as error:  # one bad file must not sink the others
-                log.warning("Load Image Folder (RT4KSR): skipping %s", error)
                 failures.append(str(error))
                 report = SKIPPED.get()
                 if report:
-                    report(item, str(error))
+                    report(item, str(error))  # the runner counts it as a failed item
+                else:
+                    notes.append(f"skipped {error}")
                 continue
             for collected, value in zip(outputs, loaded):
                 collected.extend(value)
         if failures and not outputs[0]:
             raise ImageReadError("no image could be read: " + "; ".join(failures))
-        return outputs
+        for note in notes:
+            log.warning("Load Image Folder (RT4KSR): %s", note)
+        # Shown on the node (and kept in the history): a skipped file is not a silent success.
+        return {"ui": {"text": notes}, "result": outputs} if notes else outputs
+
+
+class SourcePath(str):
+    """The loader's path output: the source's relative path, carrying its ICC colour profile
+    so that Save Image Batch writes the image in the colour space it came in."""
+
+    def __new__(cls, path: str, icc_profile: bytes | None = None):
+        value = super().__new__(cls, path)
+        value.icc_profile = icc_profile
+        return value
+
+
+def _listing(root: Path, folder: str, pattern: str, recursive: bool) -> tuple[list[str], list[str]]:
+    """(matching image paths relative to `root`, sorted; notes on what was left out). A pattern
+    with a '/' is matched against the relative path, one without against the file name, in
+    any letter case; hidden files and folders (and so the pack's temporary files) are left
+    out, and so are symlinks that lead out of the input folder."""
+    if not root.is_dir():
+        raise FileNotFoundError(_no_folder(folder))
+    pattern = (pattern or "*").lower()
+    found = root.rglob("*") if recursive else root.iterdir()
+    names, notes, others = [], [], []
+    for path in found:
+        relative = path.relative_to(root).as_posix()
+        if (any(p.startswith(".") for p in relative.split("/"))
+                or not fnmatch.fnmatchcase((relative if "/" in pattern else path.name).lower(), pattern)):
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            others.append(relative)
+            continue
+        try:
+            inside(root, relative)
+        except UnsafePathError as error:
+            notes.append(f"skipped {path}: {error}")
+            continue
+        if path.is_file():
+            names.append(relative)
+    if not names:
+        searched = f"{root} and its subfolders" if recursive else f"{root}, not its subfolders"
+        why = ""
+        if others:
+            why = (f": {len(others)} file{'s' * (len(others) > 1)} match{'es' * (len(others) == 1)} (e.g. "
+                   f"{brief(min(others))}) but this loader reads only PNG, JPEG, WebP, TIFF and BMP")
+        raise FileNotFoundError(f"no image in {brief(folder)} matches {brief(pattern)} (searched {searched}){why}")
+    return sorted(names), notes
+
+
+def _savers(prompt, unique_id) -> list[dict]:
+    """The inputs of the Save Image Batch nodes whose path comes straight from loader
+    `unique_id` in `prompt`, when their naming inputs are plain values (else unknown here)."""
+    if not isinstance(prompt, dict) or unique_id is None:
+        return []
+    savers = []
+    for node in prompt.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict) or node.get("class_type") != "RT4KSRSaveImageBatch":
+            continue
+        link = inputs.get("path")
+        named = all(isinstance(inputs.get(k), str) for k in ("name_template", "subfolder", "format"))
+        if isinstance(link, list) and len(link) == 2 and str(link[0]) == str(unique_id) and link[1] == PATH_SLOT and named:
+            savers.append(inputs)
+    return savers
+
+
+def _numbered_outputs(prompt) -> list[tuple[Path, re.Pattern]]:
+    """(folder, file name pattern) of the files the Save Image nodes in `prompt` number
+    (`x_00001_.png`), for prefixes given as plain values without %date% tokens."""
+    if not isinstance(prompt, dict):
+        return []
+    found = []
+    for node in prompt.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        prefix = inputs.get("filename_prefix") if isinstance(inputs, dict) else None
+        if not isinstance(prefix, str) or node.get("class_type") != "SaveImage" or "%" in prefix:
+            continue
+        normal = os.path.normpath(prefix)
+        try:
+            where = inside(bridge.directory("output"), os.path.dirname(normal) or ".")
+        except UnsafePathError:
+            continue
+        found.append((where, re.compile(re.escape(os.path.basename(normal)) + r"_\d{5,}_\.png", re.IGNORECASE)))
+    return found
+
+
+def _plan_names(root: Path, names: list[str], saver: dict, taken: dict[Path, str]) -> dict[Path, str]:
+    """target -> source for one saver (names that depend on the image size are known only
+    when saving); raises ValueError for a name that cannot be written or is taken twice."""
+    template, subfolder, format = saver["name_template"], saver["subfolder"], saver["format"]
+    if {"width", "height"} & set(_fields(template)) or format not in FORMATS:
+        return {}
+    planned = {}
+    for name in names:
+        target = RT4KSRSaveImageBatch.targets(name, template, subfolder, format)[0]
+        if target == (root / name).resolve():
+            raise ValueError(f"{name} would be saved over itself as {target}: change name_template or subfolder")
+        other = planned.get(target) or taken.get(target)
+        if other is not None:
+            raise ValueError(_collision(name, other, target, template) + " (found before computing any image)")
+        planned[target] = name
+    return planned
+
+
+def _refuse_existing(root: Path, names: list[str], savers: list[dict]) -> None:
+    """When the loader gives the whole list (inside ComfyUI): refuse, before any image is
+    computed, a batch some of whose outputs exist and may not be replaced (the runner's stream
+    decides per item instead, where --resume may skip them)."""
+    for saver in savers:
+        if saver.get("overwrite") is True:
+            continue
+        existing = [t for t in _plan_names(root, names, saver, {}) if t.exists()]
+        if existing:
+            raise FileExistsError(
+                f"{len(existing)} of the outputs already exist (e.g. {existing[0]}); set overwrite to replace "
+                "them, or choose another subfolder or name_template"
+            )
 
 
 def _no_folder(folder: str) -> str:
@@ -163,16 +310,22 @@ def _no_folder(folder: str) -> str:
 class RT4KSRSaveImageBatch:
     DESCRIPTION = (
         "Saves each image under the output folder with its source's relative path and a name "
-        "template ({stem}: source name without extension; {ext}, {width}, {height}), as PNG, "
-        "JPEG, WebP or TIFF at 8 or 16 bits (16: PNG and TIFF). A mask, when not all zero, "
-        "is written as alpha."
+        "template ({stem}: source name without extension; {ext}, {width}, {height}), as PNG "
+        "(8 or 16 bits, at a chosen compression level), JPEG, WebP (lossy or lossless), TIFF "
+        "(8 or 16 bits) or OpenEXR (16-bit half or 32-bit float; needs the OpenEXR package). "
+        "A mask, when not all zero, is written as alpha; the source's colour profile is kept. "
+        "An existing file is never replaced unless overwrite is on."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
     RETURN_NAMES = ()
     OUTPUT_TOOLTIPS = ()
-    FUNCTION = "save"
+    FUNCTION = "save_list"
     OUTPUT_NODE = True
+    # Lists in one call only to see Cancel between images (save_list); the images are saved
+    # independently, so the headless runner still streams through this node.
+    INPUT_IS_LIST = True
+    ELEMENTWISE = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -184,40 +337,49 @@ class RT4KSRSaveImageBatch:
                                   "without extension: {stem}, {ext}, {width}, {height}."}),
                 "subfolder": ("STRING", {"default": "", "tooltip": "Folder inside the output folder."}),
                 "format": (list(FORMATS), {"default": "png", "tooltip": "File format."}),
-                "bit_depth": (BIT_DEPTHS, {"default": "8", "tooltip": "Bits per channel; 16 "
-                              "for PNG and TIFF only."}),
-                "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP quality."}),
+                "bit_depth": (BIT_DEPTHS, {"default": "8", "tooltip": "Bits per channel: 8 or 16 "
+                              "for PNG and TIFF (JPEG and WebP store 8), 16 (half) or 32 (float) for EXR."}),
+                "quality": ("INT", {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and lossy WebP quality."}),
             },
-            "optional": {"mask": ("MASK", {"tooltip": "Optional mask, written as alpha."})},
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional mask, written as alpha."}),
+                # Optional, so that workflows saved before it existed keep working.
+                "compression": ("INT", {"default": PNG_LEVEL, "min": 0, "max": 9, "tooltip":
+                                "PNG compression level, 0 (none) to 9; 4 is ComfyUI's Save Image. "
+                                "1 takes less than half as long for files ~15% larger."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace outputs that already exist; "
+                              "off: an existing output is never replaced (the image fails with a clear error)."}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     @classmethod
     def targets(cls, path, name_template, subfolder, format, count=1, width=0, height=0) -> list[Path]:
-        """Where the images for source `path` go (numbered -0, -1, … for a batch of several)."""
+        """Where the images for source `path` go (numbered -0, -1, … for a batch of several):
+        `subfolder` of the output folder, then the source's own folder inside it."""
         source = PurePosixPath(path)
-        try:
-            stem = name_template.format(
-                stem=source.stem, ext=source.suffix[1:], width=width, height=height
-            )
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
-                f"name_template {name_template!r}: {error!r} is not a known field; use {{stem}}, "
-                "{ext}, {width} and {height}"
-            ) from None
+        stem = _render(name_template, stem=source.stem, ext=source.suffix[1:], width=width, height=height)
         names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
-        folder = PurePosixPath(subfolder or ".") / source.parent
-        return [inside(bridge.directory("output"), str(folder / (n + FORMATS[format]))) for n in names]
+        base = inside(bridge.directory("output"), subfolder or ".")
+        # inside() again: a source path with .. stays in subfolder, and too long names are refused.
+        return [inside(base, str(source.parent / (name + FORMATS[format]))) for name in names]
 
     @classmethod
-    def VALIDATE_INPUTS(cls, name_template=None, subfolder=None):
-        """Refuse names that could never be written before any image is computed; a dummy
-        source stands in for the paths that come from the loader. Linked values (None here)
-        are checked when the images are saved."""
+    def VALIDATE_INPUTS(cls, name_template=None, subfolder=None, format=None, bit_depth=None):
+        """Refuse, before any image is computed, names that could never be written (a dummy
+        source stands in for the paths that come from the loader) and format/depth pairs that
+        cannot be stored. Linked values (None here) are checked when the images are saved."""
+        # ComfyUI passes the values of an INPUT_IS_LIST node as lists.
+        name_template, subfolder, format, bit_depth = (
+            value[0] if isinstance(value, list) and len(value) == 1 else value
+            for value in (name_template, subfolder, format, bit_depth))
+        problem = format_problem(format, bit_depth)
+        if problem:
+            return problem
         if name_template is None or subfolder is None:
             return True
         try:
-            cls.targets("source.png", name_template, subfolder, "png")
+            cls.targets("source.png", name_template, subfolder, format or "png")
         except ValueError as error:
             return str(error)
         return True
@@ -226,15 +388,42 @@ class RT4KSRSaveImageBatch:
     def output_complete(cls, path, name_template, subfolder, format, **_) -> bool:
         """True when this source's output exists (the runner's --resume); only single images
         with names free of {width}/{height} can be known before the image is computed."""
-        if "{width}" in name_template or "{height}" in name_template:
+        if {"width", "height"} & set(_fields(name_template)):
             return False
         return all(target.is_file() for target in cls.targets(path, name_template, subfolder, format))
 
-    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None, prompt=None,
-             extra_pnginfo=None):
+    @classmethod
+    def existing_output(cls, path, name_template, subfolder, format, overwrite=False, **_) -> str | None:
+        """Why this source must not be computed: its output exists and may not be replaced."""
+        if overwrite is True or not cls.output_complete(path, name_template, subfolder, format):
+            return None
+        return _exists(cls.targets(path, name_template, subfolder, format)[0])
+
+    def save_list(self, **lists):
+        """Every image of ComfyUI's list in one call (inputs are lists; shorter ones repeat
+        their last value). ComfyUI checks Cancel before each call of a node and drops the UI
+        results of a node it stops, so with one call per image the files saved before a Cancel
+        were missing from the history. Here Cancel stops between images, and every file
+        written is reported."""
+        count = max(len(values) for values in lists.values())
+        results = []
+        for index in range(count):
+            if index and bridge.cancel_requested():
+                note = f"Cancelled: {len(results)} files saved, for {index} of the {count} images"
+                return {"ui": {"images": results, "text": [note]}}
+            one = {name: values[min(index, len(values) - 1)] for name, values in lists.items()}
+            results += self.save(**one)["ui"]["images"]
+        return {"ui": {"images": results}}
+
+    def save(self, images, path, name_template, subfolder, format, bit_depth, quality, mask=None, overwrite=False,
+             compression=PNG_LEVEL, prompt=None, extra_pnginfo=None):
+        problem = format_problem(format, bit_depth)
+        if problem:
+            raise ValueError(problem)
         height, width = images.shape[1:3]
         targets = self.targets(path, name_template, subfolder, format, len(images), width, height)
         text = png_text(prompt, extra_pnginfo) if format == "png" else None
+        icc = getattr(path, "icc_profile", None)
         results = []
         written = self._written_in(prompt)
         for index, (image, target) in enumerate(zip(images, targets)):
@@ -245,7 +434,7 @@ class RT4KSRSaveImageBatch:
             alpha = _alpha(mask, index, pixels.shape[:2], path)
             if alpha is not None:
                 pixels = np.concatenate([pixels, alpha[..., None]], axis=-1)
-            job = _job(target, Picture(pixels, int(bit_depth)), format, quality, text)
+            job = _job(target, Picture(pixels, int(bit_depth), icc), format, quality, text, overwrite, compression)
             submit = WRITER.get()
             submit(job) if submit else job()
             relative = target.relative_to(bridge.directory("output").resolve())
@@ -301,13 +490,77 @@ def png_text(prompt, extra_pnginfo) -> dict[str, str] | None:
     return text
 
 
-def _job(target: Path, picture: Picture, format: str, quality: int, text: dict[str, str] | None):
-    if format == "jpeg" and picture.pixels.shape[-1] == 4:
-        picture = Picture(picture.pixels[..., :3], picture.bits)  # JPEG has no alpha channel
+def format_problem(format: str | None, bit_depth: str | None) -> str | None:
+    """Why `format` cannot be written at `bit_depth` (None when it can, or a value is linked)."""
+    if format is not None and format not in FORMATS:
+        return f"format {brief(format)} is not one of {list(FORMATS)}"
+    if bit_depth is not None and bit_depth not in BIT_DEPTHS:
+        return f"bit_depth {brief(bit_depth)} is not one of {BIT_DEPTHS}"
+    if format == "exr" and importlib.util.find_spec("OpenEXR") is None:
+        return "exr needs the OpenEXR package: pip install 'rt4ksr-nodes[exr]' (or pip install OpenEXR)"
+    if format is None or bit_depth is None or bit_depth in FORMAT_DEPTHS.get(format, ("8",)):
+        return None
+    if format == "exr":
+        return "exr stores bit_depth 16 (half floats) or 32 (floats), not 8"
+    if bit_depth == "32":
+        return f"bit_depth 32 (floats) is for exr only; use 8 or 16 for {format}"
+    return (f"{format} stores 8 bits per channel, so bit_depth 16 would be written as 8; choose "
+            "png, tiff or exr for 16 bits, or bit_depth 8")
 
-    def write():
-        write_image(target, picture, quality, text)  # creates the folder
+
+def _job(target: Path, picture: Picture, format: str, quality: int, text: dict[str, str] | None,
+         overwrite: bool, compression: int):
+    if format == "jpeg" and picture.pixels.shape[-1] == 4:
+        picture = Picture(picture.pixels[..., :3], picture.bits, picture.icc_profile)  # JPEG has no alpha
+
+    def write() -> Path:
+        try:
+            write_image(target, picture, quality, text, overwrite=overwrite, compress_level=compression,
+                        lossless=format == "webp lossless")  # creates the folder
+        except FileExistsError:
+            raise FileExistsError(_exists(target)) from None
+        return target  # what the runner reports when an interrupt cut the item short
     return write
+
+
+def _exists(target: Path) -> str:
+    return (f"{target} already exists; set overwrite to replace it, or skip finished items (the runner's "
+            "--resume)")
+
+
+def _fields(template: str) -> list[str]:
+    """The replacement fields of a name template; raises ValueError for anything but the
+    documented fields: no format specs, conversions, indexing or attributes (which would let a
+    template build huge names or reach into Python objects)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f"name_template {brief(template)}: {error} (write {{{{ and }}}} for literal braces)") from None
+    fields = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in TEMPLATE_FIELDS or spec or conversion:
+            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"name_template {brief(template)}: {brief(shown)} is not allowed; use only "
+                             "{stem}, {ext}, {width} and {height}, as they are")
+        fields.append(field)
+    return fields
+
+
+def _render(template: str, **values) -> str:
+    """The file name (without extension) `template` gives; raises ValueError for a template
+    outside the documented fields or a name that is not a plain file name."""
+    _fields(template)
+    name = template.format(**values)
+    if not name.strip(" ."):
+        why = "is empty" if not name else f"is {brief(name)}"
+        raise ValueError(f"name_template {brief(template)}: the file name {why}; it needs a character other "
+                         "than spaces and dots, e.g. {stem}--2x")
+    if any(c in name for c in "/\\") or any(ord(c) < 32 for c in name):
+        raise ValueError(f"name_template {brief(template)} gives {brief(name)}: a file name cannot contain / "
+                         "or \\ or control characters; put folders in subfolder")
+    return name
 
 
 BATCH_NODES = {

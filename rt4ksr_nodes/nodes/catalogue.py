@@ -1,8 +1,13 @@
 """Which RT4KSR models a user can pick, where each lives, and a cache of loaded ones.
 
-Choices, in this order: the released models (always the SHA-256-verified release, fetched on
-first use into the pack's weights folder), the files in ComfyUI's models/rt4ksr/ folders, and
-RT4KSR files found in models/upscale_models/ (listed as "upscale_models/<name>").
+Choices, in this order:
+- the released models, by their file names ("rt4ksr_x2.pth"): a verified copy found in any
+  models/rt4ksr/ or models/upscale_models/ folder (or the pack's weights folder) is used as it
+  is, with no network access; otherwise the release is fetched, verified, on first use;
+- the files in ComfyUI's models/rt4ksr/ folders. One under a released name whose content is not
+  the release (another model, or a changed copy) is the user's own and is listed as
+  "rt4ksr_x2.pth [not the release]", never replaced;
+- RT4KSR files found in models/upscale_models/, listed as "upscale_models/<name>".
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from pathlib import Path, PurePosixPath
 
 from .. import comfy_bridge as bridge
 from .. import weights
-from ..model import RT4KSR, load_model
 from ..fileio import signature
+from ..model import RT4KSR, load_model
 from ..model.checkpoint import looks_like_rt4ksr
 
 UPSCALE_PREFIX = bridge.UPSCALE_FOLDER + "/"
+NOT_RELEASE = " [not the release]"
 CACHE_SIZE = 4
 
 # ComfyUI lists choices on its server thread while the executor thread loads models.
@@ -47,33 +53,88 @@ def _is_rt4ksr(path: Path) -> bool:
     return known[1]
 
 
+def _released() -> dict[str, weights.Release]:
+    return {release.file: release for release in weights.releases().values()}
+
+
+def release_folders() -> list[Path]:
+    """Where a verified copy of a release is looked for (besides the pack's weights folder)."""
+    return bridge.model_folders(bridge.MODEL_FOLDER) + bridge.model_folders(bridge.UPSCALE_FOLDER)
+
+
 def choices() -> list[str]:
-    names = [release.file for release in weights.releases().values()]
+    released = _released()
+    names = list(released)
     for folder in bridge.model_folders(bridge.MODEL_FOLDER):
-        names += _files(folder)
+        for name in _files(folder):
+            mine = name in released and not weights.is_verified(released[name], folder / name)
+            names.append(name + NOT_RELEASE if mine else name)
     for folder in bridge.model_folders(bridge.UPSCALE_FOLDER):
         names += [UPSCALE_PREFIX + name for name in _files(folder) if _is_rt4ksr(folder / name)]
     return list(dict.fromkeys(names))
 
 
-def resolve(name: str, *, fetch: bool = True) -> Path | None:
-    """The file behind choice `name`. A released model is the verified release, fetched first
-    when absent and `fetch`; None only when `fetch` is False and it is not there yet."""
+def check_name(name: str) -> None:
+    """Refuse names that are paths rather than entries of the list."""
     parts = PurePosixPath(name).parts
     if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
         raise ValueError(f"model name {name!r} must be a plain name from the list, not a path")
-    released = {release.file: release.name for release in weights.releases().values()}
+
+
+def _download_progress():
+    """A progress callback that opens the progress bar only once bytes arrive."""
+    bar = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(bridge.progress())
+        if bar[0] is not None:
+            bar[0](done, total)
+
+    return report
+
+
+def resolve(name: str, *, fetch: bool = True) -> Path | None:
+    """The file behind choice `name`. A released model is a verified copy found locally, else
+    the release fetched first when `fetch` (ComfyUI's Cancel stops the download); None only when
+    `fetch` is False and no verified copy is there yet."""
+    check_name(name)
+    released = _released()
     if name in released:
-        return weights.ensure(released[name], fetch=fetch)
-    kind, relative = bridge.MODEL_FOLDER, name
-    if name.startswith(UPSCALE_PREFIX):
+        return weights.ensure(
+            released[name].name, fetch=fetch, search=release_folders(),
+            cancelled=bridge.interrupted, on_progress=_download_progress(),
+        )
+    kind, relative, mine = bridge.MODEL_FOLDER, name, None
+    if name.endswith(NOT_RELEASE) and name[: -len(NOT_RELEASE)] in released:
+        relative = name[: -len(NOT_RELEASE)]
+        mine = released[relative]
+    elif name.startswith(UPSCALE_PREFIX):
         kind, relative = bridge.UPSCALE_FOLDER, name[len(UPSCALE_PREFIX):]
     folders = bridge.model_folders(kind)
     for folder in folders:
-        if (folder / relative).is_file():
-            return folder / relative
+        path = folder / relative
+        if path.is_file() and (mine is None or not weights.is_verified(mine, path)):
+            return path
     searched = ", ".join(str(folder) for folder in folders) or "no folder"
     raise FileNotFoundError(f"RT4KSR model {name!r} not found (searched {searched})")
+
+
+def problem(name: str) -> str | None:
+    """Why `name` cannot be loaded, found before anything runs (None: it can)."""
+    try:
+        check_name(name)
+    except ValueError as error:
+        return str(error)
+    released = _released()
+    if name in released:
+        return weights.source_problem(released[name].name, search=release_folders())
+    listed = choices()
+    if name not in listed:
+        folders = ", ".join(str(f) for f in release_folders()) or "no folder"
+        shown = ", ".join(listed) if len(listed) <= 20 else f"{len(listed)} models"
+        return f"{name!r} is not one of the RT4KSR models found (searched {folders}): {shown}"
+    return None
 
 
 def change_signature(name: str) -> str:

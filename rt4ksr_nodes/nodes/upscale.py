@@ -2,49 +2,51 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 from .. import comfy_bridge as bridge
-from ..engine import upscale
+from ..engine import memory_needed, upscale
 from ..engine.device import resolve_device, resolve_dtype
-from ..engine.memory import bytes_per_pixel
 from .common import CATEGORY, check_tile, model_input, precision_input, tile_input
+from .to_size import placement, plan
 
 PRESETS = {"3840x2160 (UHD 4K)": (3840, 2160), "4096x2160 (DCI 4K)": (4096, 2160)}
 CUSTOM = "custom"
 ASPECT_MODES = ["crop", "fit"]
 
 
-def engine_device(model, precision: str, height: int, width: int):
-    """ComfyUI's compute device, with room made there for a height x width input."""
-    device = resolve_device(bridge.torch_device())
-    with warnings.catch_warnings():  # the engine itself warns about bf16, once
-        warnings.simplefilter("ignore")
-        dtype = resolve_dtype(precision, device)
-    bridge.free_memory(int(bytes_per_pixel(model, dtype) * height * width), device)
-    return device
+def compute_device() -> torch.device:
+    return resolve_device(bridge.torch_device())
 
 
-def run_engine(model, image: torch.Tensor, tile_size: int, precision: str, *, last: bool = True):
+def run_engine(model, image: torch.Tensor, tile_size: int, precision: str, *,
+               output_device=None, progress=None):
     """The engine with ComfyUI's device, memory management, progress bar and interrupts.
 
-    The result goes to ComfyUI's intermediate device when `last`, else it stays on the compute
-    device for the next step.
+    The result goes to `output_device`, by default ComfyUI's intermediate device. `progress`:
+    a progress(done, total) callback; by default a progress bar of its own.
     """
-    device = engine_device(model, precision, *image.shape[1:3])
+    device = compute_device()
+    output_device = bridge.intermediate_device() if output_device is None else output_device
+    with warnings.catch_warnings():  # the engine itself warns about bf16, once
+        warnings.simplefilter("ignore")
+        # What the run will hold on the device, so that ComfyUI unloads enough for it.
+        needed = memory_needed(
+            model, image, precision=precision, device=device, output_device=output_device
+        )
+    bridge.free_memory(needed, device)
     return upscale(
         model,
         image,
         tile_size=tile_size,
         precision=precision,
         device=device,
-        progress=bridge.progress(),
+        progress=bridge.progress() if progress is None else progress,
         cancel=bridge.interrupted,
-        output_device=bridge.intermediate_device() if last else device,
+        output_device=output_device,
     )
 
 
@@ -110,20 +112,28 @@ def target_size(preset: str, width: int, height: int) -> tuple[int, int]:
     return PRESETS[preset] if preset in PRESETS else (width, height)
 
 
-def plan(source: tuple[int, int], target: tuple[int, int], aspect: str, scale: int):
-    """(model passes, resampled width and height) to reach `target` from `source` (w, h).
+def resample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B x H x W x 3 to `size` (w, h): bicubic, antialiased when shrinking, clamped."""
+    pixels = image.movedim(-1, 1)
+    antialias = size[0] < pixels.shape[-1] or size[1] < pixels.shape[-2]
+    pixels = F.interpolate(pixels, size=size[::-1], mode="bicubic", antialias=antialias,
+                           align_corners=False).clamp_(0, 1)
+    return pixels.movedim(1, -1)
 
-    "crop" covers the target and trims the overflow evenly; "fit" fits inside it and pads.
-    """
-    (w, h), (tw, th) = source, target
-    factor = max(tw / w, th / h) if aspect == "crop" else min(tw / w, th / h)
-    passes = max(0, math.ceil(math.log(factor, scale) - 1e-9))
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    if aspect == "crop":
-        size = (max(size[0], tw), max(size[1], th))
-    else:
-        size = (min(size[0], tw), min(size[1], th))
-    return passes, size
+
+def pass_progress(weights: list[int]) -> list:
+    """One progress bar for several engine runs: a progress(done, total) callback per run,
+    each run's share of the bar in proportion to its weight (its input pixels)."""
+    report = bridge.progress()
+    if report is None:
+        return [None] * len(weights)
+    total, steps = sum(weights), 1000
+    parts, offset = [], 0
+    for weight in weights:
+        parts.append(lambda done, count, offset=offset, weight=weight: report(
+            round(steps * (offset + weight * done / count) / total), steps))
+        offset += weight
+    return parts
 
 
 class RT4KSRUpscaleToSize:
@@ -168,18 +178,27 @@ class RT4KSRUpscaleToSize:
 
     def upscale_to_size(self, model, image, preset, width, height, aspect, tile_size, precision):
         target = target_size(preset, width, height)
-        passes, (w, h) = plan((image.shape[2], image.shape[1]), target, aspect, model.scale)
-        for _ in range(passes):
-            image = run_engine(model, image[..., :3], tile_size, precision, last=False)
-        pixels = image[..., :3].movedim(-1, 1).float()
-        if (pixels.shape[-1], pixels.shape[-2]) != (w, h):
-            antialias = w < pixels.shape[-1] or h < pixels.shape[-2]
-            pixels = F.interpolate(pixels, size=(h, w), mode="bicubic", antialias=antialias,
-                                   align_corners=False).clamp_(0, 1)
-        tw, th = target
+        steps = plan((image.shape[2], image.shape[1]), target, aspect, model.scale)
+        device = compute_device()
+        with warnings.catch_warnings():  # the engine itself warns about bf16, once
+            warnings.simplefilter("ignore")
+            dtype = resolve_dtype(precision, device)
+        keep = placement(steps, image.shape[0], dtype, device)  # refuses before any work
+        left, top, w, h = steps.region
+        image = image[:, top : top + h, left : left + w, :3].float()
+        inputs = steps.pass_inputs()
+        for size, progress in zip(inputs, pass_progress([w * h for w, h in inputs])):
+            if (image.shape[2], image.shape[1]) != size:
+                image = resample(image.to(keep), size)
+            image = run_engine(model, image, tile_size, precision, output_device=keep,
+                               progress=progress)
+        image = image.to(keep)
+        if (image.shape[2], image.shape[1]) != steps.scaled:
+            image = resample(image, steps.scaled)
+        (w, h), (tw, th) = steps.scaled, target
         left, top = (w - tw) // 2, (h - th) // 2
         if aspect == "crop":
-            pixels = pixels[..., top : top + th, left : left + tw]
+            image = image[:, top : top + th, left : left + tw]
         else:
-            pixels = F.pad(pixels, (-left, tw - w + left, -top, th - h + top))
-        return (pixels.movedim(1, -1).contiguous().to(bridge.intermediate_device()),)
+            image = F.pad(image, (0, 0, -left, tw - w + left, -top, th - h + top))
+        return (image.contiguous().to(bridge.intermediate_device()),)

@@ -14,11 +14,15 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
+import torch
+
 from .. import comfy_bridge as bridge
+from ..engine import memory_needed
 from .common import CATEGORY, check_tile, model_input, precision_input, tile_input
-from .upscale import engine_device
+from .upscale import compute_device
 from .video_values import AUTO, FileVideo, choice, source_path, tags
 
 log = logging.getLogger(__name__)
@@ -141,18 +145,30 @@ class UpscaledVideo:
         from ..video.errors import VideoError
         from ..video.pipeline import upscale_video
 
-        width, height = self.source.get_dimensions()
         bar = bridge.progress()
         try:
             upscale_video(
                 self.model, source, destination, codec=codec, crf=crf, metadata=tags(metadata, keep_text=True),
                 tile_size=self.tile_size, precision=self.precision,
-                device=engine_device(self.model, self.precision, height, width), overwrite=True,
+                device=self._device(), overwrite=True,
                 progress=(lambda done, total: bar(done, total or done)) if bar else None,
                 cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
             )
         except VideoError as error:  # raised by Save Video's call: say which node's settings
             raise VideoError(f"{NAME}: {error}") from error
+
+    def _device(self) -> torch.device:
+        """ComfyUI's compute device, with room made there for one frame's upscale (the frames
+        come back to the CPU for the encoder)."""
+        device = compute_device()
+        width, height = self.source.get_dimensions()
+        frame = torch.empty((1, height, width, 3), device="meta")  # only its size is read
+        with warnings.catch_warnings():  # the engine itself warns about bf16, once
+            warnings.simplefilter("ignore")
+            needed = memory_needed(self.model, frame, precision=self.precision, device=device,
+                                   output_device="cpu")
+        bridge.free_memory(needed, device)
+        return device
 
 
 def available_memory() -> int:

@@ -1,8 +1,8 @@
 """python -m rt4ksr_nodes.run workflow.json: run a ComfyUI workflow without ComfyUI.
 
 Exit codes: 0 every item done (or skipped by --resume), 1 some items failed or some outputs
-could not run (the others completed), 2 invalid workflow or usage, 130 interrupted (rerun with
---resume to finish).
+could not run (the others completed), 2 invalid workflow or usage, 130 interrupted by Ctrl-C
+(SIGINT) and 143 stopped by SIGTERM (rerun with --resume to finish).
 
 Like ComfyUI's server, a workflow some of whose outputs fail validation runs the others (a muted
 node that leaves a required input unconnected only loses the outputs after it); a node of an
@@ -14,17 +14,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from .. import comfy_bridge as bridge
+from ..fileio import brief, remove_stale_temps
 from . import convert, core_nodes, formats, object_info, registry
-from .execute import Runner, Summary
+from .execute import Runner, Summary, default_jobs
 from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate
 
-OK, FAILED, INVALID, INTERRUPTED = 0, 1, 2, 130
+OK, FAILED, INVALID = 0, 1, 2
+STOPPED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
 
 
 class UsageError(ValueError):
@@ -40,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("workflow", type=Path)
     p.add_argument("--input-dir", type=Path, default=Path("input"), help="images are read from here (default: ./input)")
     p.add_argument("--output-dir", type=Path, default=Path("output"), help="results are written here (default: ./output)")
-    p.add_argument("--models-dir", type=Path, help="a ComfyUI-style models folder holding rt4ksr/ "
+    p.add_argument("--models-dir", type=Path, help="a ComfyUI-style models folder holding rt4ksr/ and upscale_models/ "
                    "(default: the pack's weights/ folder with the released models)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change an input; NODE is a node id or title, e.g. --set \"Load Image.image=a.png\"")
@@ -50,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="node definitions saved from a ComfyUI server's /object_info: lets the editor format "
                    "and --validate-only handle nodes this runner cannot run (running them still needs ComfyUI)")
     p.add_argument("--resume", action="store_true", help="skip items whose output already exists")
-    p.add_argument("--jobs", type=int, default=2, help="image writer threads (default: 2)")
+    p.add_argument("--jobs", type=int, help=f"image writer threads (default: one per CPU core, {default_jobs()} here)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local (default): this process; ray: the folder batch's items on Ray workers, one per GPU "
                    "(else per CPU), inputs and outputs on a file system every node sees (needs rt4ksr-nodes[ray])")
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = _Output(args.json)
     try:
-        if args.jobs < 1:
+        if args.jobs is not None and args.jobs < 1:
             raise UsageError("--jobs must be at least 1")
         if args.backend != "ray" and (args.ray_address or args.ray_workers):
             raise UsageError("--ray-address and --ray-workers need --backend ray")
@@ -107,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate_only:
         out.message(f"{args.workflow}: valid ({len(prompt)} nodes)", {"event": "valid", "nodes": len(prompt)})
         return OK
-    bridge.directory("output").mkdir(parents=True, exist_ok=True)
+    try:
+        _check_writable(bridge.directory("output"))
+    except UsageError as error:
+        out.error(str(error))
+        return INVALID
+    removed = len(remove_stale_temps(bridge.directory("output")))
+    if removed:
+        out.message(f"removed {removed} temporary files left by a killed run",
+                    {"event": "cleaned", "temporary_files": removed})
     core_nodes.clear_previews()
     options = dict(outputs=runnable, extra_pnginfo=extra_pnginfo, resume=args.resume, jobs=args.jobs,
                    on_event=out.event)
@@ -117,11 +130,37 @@ def main(argv: list[str] | None = None) -> int:
         runner = RayRunner(prompt, classes, address=args.ray_address, workers=args.ray_workers, **options)
     else:
         runner = Runner(prompt, classes, **options)
-    with _interrupt_handler(out):
+    with _interrupt_handler(out, runner) as handler:
         summary = runner.run()
     out.close()
-    code = _exit_code(summary, out)
+    code = _exit_code(summary, out, handler.signal)
     return FAILED if problems and code == OK else code
+
+
+def run() -> None:
+    """The command: exit with main()'s code. A stopped run exits at once, its results written
+    and its output flushed: the interpreter's teardown of torch alone takes a second or two,
+    which a second Ctrl-C or a scheduler's grace period should not wait for."""
+    code = main()
+    if code in STOPPED.values():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _check_writable(folder: Path) -> None:
+    """Create the output folder and write a file in it, before any work: a folder that cannot
+    hold the results is a usage error, not a failure of every item after its compute."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (error.strerror or str(error))
+        raise UsageError(f"--output-dir {folder}: cannot write there: {why}") from None
 
 
 def _configure(args) -> None:
@@ -153,8 +192,8 @@ def find_node(prompt: dict, reference: str) -> str:
     if len(titled) == 1:
         return titled[0]
     if titled:
-        raise UsageError(f"--set: {len(titled)} nodes are titled {reference!r} ({', '.join(titled)}); use an id")
-    raise UsageError(f"--set: no node with id or title {reference!r}")
+        raise UsageError(f"--set: {len(titled)} nodes are titled {brief(reference)} ({', '.join(titled)}); use an id")
+    raise UsageError(f"--set: no node with id or title {brief(reference)}")
 
 
 def apply_override(prompt: dict, classes: dict, override: str) -> tuple[str, str, object]:
@@ -162,12 +201,12 @@ def apply_override(prompt: dict, classes: dict, override: str) -> tuple[str, str
     target, equals, text = override.partition("=")
     reference, dot, name = target.rpartition(".")
     if not equals or not dot or not name:
-        raise UsageError(f"--set {override!r}: expected NODE.INPUT=VALUE")
+        raise UsageError(f"--set {brief(override)}: expected NODE.INPUT=VALUE")
     node_id = find_node(prompt, reference)
     cls = classes.get(prompt[node_id].get("class_type"))
     spec = input_spec(cls.INPUT_TYPES()) if cls else {}
     if cls and name not in spec:
-        raise UsageError(f"--set: node {node_id} ({prompt[node_id]['class_type']}) has no input {name!r}; "
+        raise UsageError(f"--set: node {node_id} ({prompt[node_id]['class_type']}) has no input {brief(name)}; "
                          f"it has {', '.join(spec)}")
     inputs = prompt[node_id].setdefault("inputs", {})
     if is_link(inputs.get(name)):
@@ -188,7 +227,7 @@ def parse_value(text: str, kind) -> object:
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-        raise UsageError(f"--set: {text!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+        raise UsageError(f"--set: {brief(text)} is not a boolean (true/false, yes/no, on/off, 1/0)")
     if kind == "INT":
         try:
             return int(text)
@@ -200,47 +239,59 @@ def parse_value(text: str, kind) -> object:
             number = None
         if number is not None and number.is_integer():  # 90.0, 1e3
             return int(number)
-        raise UsageError(f"--set: {text!r} is not a whole number")
+        raise UsageError(f"--set: {brief(text)} is not a whole number")
     if kind == "FLOAT":
         try:
             return float(text)
         except ValueError:
-            raise UsageError(f"--set: {text!r} is not a number") from None
+            raise UsageError(f"--set: {brief(text)} is not a number") from None
     if isinstance(kind, (list, tuple)):
         return next((choice for choice in kind if str(choice) == text), text)
     return text
 
 
-def _exit_code(summary: Summary, out) -> int:
+def _exit_code(summary: Summary, out, stopped_by=None) -> int:
     if summary.interrupted:
         hint = "Interrupted: finished items are complete. Run the same command with --resume to do the rest."
         out.message(hint, {"event": "interrupted", "message": hint})
-        return INTERRUPTED
+        return STOPPED.get(stopped_by, STOPPED[signal.SIGINT])
     return FAILED if summary.failed else OK
 
 
 class _interrupt_handler:
-    """First Ctrl-C: stop after the current item (or drop it cleanly); second: stop now."""
+    """Ctrl-C or SIGTERM (how schedulers and containers stop a job), counted together. First:
+    stop computing; the images already computed are still written. Second: stop at once, the
+    writes not started yet dropped (a running write finishes: no half-written file). Every item
+    reported is complete on disk, and every complete item is reported. A third is a plain
+    KeyboardInterrupt, for whatever still does not stop."""
 
-    def __init__(self, out):
-        self.out = out
+    def __init__(self, out, runner):
+        self.out, self.runner = out, runner
+        self.signal, self.count, self.previous = None, 0, {}
 
     def __enter__(self):
         bridge.headless.interrupt.clear()
-        self.previous = None
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in STOPPED}
         return self
 
     def _handle(self, signum, frame):
-        if bridge.headless.interrupt.is_set():
+        self.signal = self.signal or signum
+        self.count += 1
+        if self.count == 1:
+            bridge.headless.interrupt.set()
+            self.out.message("Stopping: finished images are still written (Ctrl-C again to drop those not "
+                             "started)...", {"event": "stopping"})
+        elif self.count == 2:
+            self.out.message("Stopping now: writes not started are dropped...", {"event": "stopping_now"})
+            if self.runner.stop_now():
+                raise KeyboardInterrupt  # a node is running: this stops it
+        else:
             raise KeyboardInterrupt
-        bridge.headless.interrupt.set()
-        self.out.message("Stopping after the current item (Ctrl-C again to stop at once)...", {"event": "stopping"})
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 class _Output:

@@ -8,6 +8,8 @@ output (or preview) folder, symlinks resolved.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import mimetypes
 import os
 import random
@@ -21,9 +23,10 @@ from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageErro
 from PIL.PngImagePlugin import PngInfo
 
 from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, atomic_write, inside
+from ..fileio import UnsafePathError, brief, inside, name_problem, write_first_free
 from ..nodes.batch import png_text
 
+log = logging.getLogger(__name__)
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP_METHODS = ["disabled", "center"]
@@ -115,6 +118,11 @@ class LoadImage:
         path = annotated_path(image)
         try:
             with _pillow(Image.open, path) as img:
+                if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+                    log.warning(
+                        "Load Image: %s is 16-bit grayscale, which ComfyUI's Load Image (and so this "
+                        "copy of it) reads almost white: it divides by 255 and clips. Load Image "
+                        "Folder (RT4KSR) reads it right; or save the image as 8-bit or RGB.", image)
                 return pil_to_image_and_mask(img)
         except (OSError, UnidentifiedImageError, ValueError) as error:
             raise ValueError(f"{image}: cannot read image: {error}") from error
@@ -125,7 +133,7 @@ class LoadImage:
             exists = annotated_path(image).is_file()
         except UnsafePathError as error:
             return str(error)
-        return True if exists else f"Invalid image file: {image} (no such file in {annotated_path(image).parent})"
+        return True if exists else f"Invalid image file: {brief(image)} (no such file in {annotated_path(image).parent})"
 
 
 def save_image_path(prefix: str, output_dir: Path, width: int, height: int):
@@ -172,12 +180,6 @@ def png_metadata(prompt, extra_pnginfo) -> PngInfo | None:
     return info
 
 
-def save_atomic(img: Image.Image, path: Path, **options) -> None:
-    """Save so that a file that exists is complete (see fileio.atomic_write)."""
-    with atomic_write(path) as out:
-        img.save(out, format=options.pop("format", "PNG"), **options)
-
-
 class SaveImage:
     CATEGORY = "image"
     DESCRIPTION = "Saves the input images to your ComfyUI output directory."
@@ -210,7 +212,9 @@ class SaveImage:
             inside(bridge.directory("output"), subfolder or ".")
         except UnsafePathError as error:
             return str(error)
-        return True
+        # The longest name the counter gives (the date tokens only get shorter).
+        longest = filename_prefix.replace("%batch_num%", "9999") + "_99999_.png"
+        return name_problem(longest) or True
 
     def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         filename_prefix += self.prefix_append
@@ -219,11 +223,16 @@ class SaveImage:
         )
         results, metadata = [], png_metadata(prompt, extra_pnginfo)
         for batch_number, image in enumerate(images):
-            name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+            stem = filename.replace("%batch_num%", str(batch_number))
             img = Image.fromarray(to_uint8(image))
-            save_atomic(img, folder / name, pnginfo=metadata, compress_level=self.compress_level)
-            results.append({"filename": name, "subfolder": subfolder, "type": self.kind})
-            counter += 1
+            # The counter is taken by creating the file: runs sharing the folder never take
+            # the same name (the next free one is used) and never replace each other's files.
+            path = write_first_free(
+                (folder / f"{stem}_{number:05}_.png" for number in itertools.count(counter)),
+                lambda out: img.save(out, format="PNG", pnginfo=metadata, compress_level=self.compress_level),
+            )
+            results.append({"filename": path.name, "subfolder": subfolder, "type": self.kind})
+            counter = int(path.name[len(stem) + 1:].split("_")[0]) + 1
         return {"ui": {"images": results}}
 
 

@@ -6,7 +6,8 @@ receives lists is called once per element (shorter lists repeat their last eleme
 results are collected into lists; OUTPUT_IS_LIST outputs are concatenated.
 
 Streaming: when one node is a stream source (it has `stream_items` and `stream_load`, like Load
-Image Folder) and nothing after it takes whole lists (INPUT_IS_LIST), the nodes that do not
+Image Folder) and nothing after it takes whole lists (INPUT_IS_LIST, unless the node says it
+treats each element apart: ELEMENTWISE), the nodes that do not
 depend on it run once, then the nodes after it run once per item. Each item is computed
 exactly as ComfyUI would compute that element of the list, but only a few items are in memory:
 a bounded prefetch queue decodes ahead on a thread, and a bounded writer pool encodes behind.
@@ -15,19 +16,23 @@ An item that fails (a corrupt file, say) is reported and the others go on.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import comfy_bridge as bridge
+from ..engine.cpu import sharing_cores, usable_cores
+from ..fileio import shorten
 from ..nodes import batch
 from .validate import input_spec, is_link, needed_nodes, output_nodes
 
 Event = Callable[[dict], None]
+PACKAGE = __name__.split(".")[0]  # the pack's loggers: their warnings become warning events
 
 
 class Interrupted(Exception):
@@ -79,21 +84,26 @@ def topological(prompt: dict, node_ids: set[str]) -> list[str]:
 
 
 def write_error(item: str, futures) -> str | None:
-    """The first failed write of `item`'s outputs (waits for them), or None."""
-    errors = [f"{item}: {f.exception()}" for f in futures if f.exception() is not None]
+    """The first failed write of `item`'s outputs (waits for them), or None; writes dropped by
+    a second Ctrl-C are not failures."""
+    errors = [f"{item}: {f.exception()}" for f in futures if not f.cancelled() and f.exception() is not None]
     return errors[0] if errors else None
 
 
 class Runner:
     def __init__(self, prompt: dict, classes: dict, *, outputs: list[str] | None = None,
                  extra_pnginfo: dict | None = None, resume: bool = False,
-                 jobs: int = 2, prefetch: int = 2, on_event: Event | None = None):
-        """`outputs`: the output nodes to run (default: every output node of `prompt`)."""
+                 jobs: int | None = None, prefetch: int = 2, on_event: Event | None = None):
+        """`outputs`: the output nodes to run (default: every output node of `prompt`);
+        `jobs`: image writer threads (default: default_jobs())."""
         self.prompt, self.classes = prompt, classes
         self.outputs = output_nodes(prompt, classes) if outputs is None else list(outputs)
         self.extra_pnginfo = extra_pnginfo or None
-        self.resume, self.jobs, self.prefetch = resume, max(1, jobs), max(1, prefetch)
+        self.resume, self.prefetch = resume, max(1, prefetch)
+        self.jobs = max(1, default_jobs() if jobs is None else jobs)
         self.emit = on_event or (lambda event: None)
+        self.hurry = threading.Event()  # set by stop_now()
+        self.in_node = False  # a node's function is running (the only place a KeyboardInterrupt may land)
         self.instances: dict[str, object] = {}
         self.specs: dict[type, dict] = {}  # INPUT_TYPES() per class, once per run (LoadImage lists a folder)
         self.order = topological(prompt, needed_nodes(prompt, self.outputs))
@@ -142,12 +152,15 @@ class Runner:
         for arguments in calls:
             _check_interrupt()
             try:
+                self.in_node = True
                 result = function(**arguments)
             except Exception as error:
                 # The engine stops on the interrupt flag with its own exception: still an interrupt.
                 _check_interrupt()
                 name = self.prompt[node_id]["class_type"]
-                raise NodeError(f"node {node_id} ({name}): {type(error).__name__}: {error}") from error
+                raise NodeError(shorten(f"node {node_id} ({name}): {type(error).__name__}: {error}")) from error
+            finally:
+                self.in_node = False
             if isinstance(result, dict):
                 ui.append(result.get("ui") or {})
                 result = result.get("result", ())
@@ -160,19 +173,31 @@ class Runner:
 
     # -- whole runs -------------------------------------------------------------------------------
 
+    def stop_now(self) -> bool:
+        """After an interrupt: stop at once (a second Ctrl-C). The writes not started yet are
+        dropped; the summary still counts exactly the outputs on disk. Returns True when a
+        node is running, which only a KeyboardInterrupt stops (the caller raises it)."""
+        bridge.headless.interrupt.set()
+        self.hurry.set()
+        return self.in_node
+
     def run(self) -> Summary:
         summary = Summary()
         start = time.perf_counter()
         stream, after = self._stream_plan()
+        warnings = _WarningEvents(self.emit)
+        logging.getLogger(PACKAGE).addHandler(warnings)
         try:
             if stream:
                 self._run_stream(stream, after, summary)
             else:
                 self._run_once(summary)
         except (Interrupted, KeyboardInterrupt):
-            # KeyboardInterrupt: a second Ctrl-C stops at once; the items reported are still
-            # complete, so the summary still counts them for --resume.
+            # KeyboardInterrupt: a second Ctrl-C while a node runs (or a third anywhere); the
+            # items reported are still complete, so the summary still counts them for --resume.
             summary.interrupted = True
+        finally:
+            logging.getLogger(PACKAGE).removeHandler(warnings)
         summary.seconds = time.perf_counter() - start
         self.emit({"event": "summary", **summary.as_dict()})
         return summary
@@ -183,7 +208,8 @@ class Runner:
         sources = [n for n in self.order if _is_stream_source(self._class(n))]
         stream = sources[0] if len(sources) == 1 else None
         after = self._dependants(stream) if stream else set()
-        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)]
+        whole = [n for n in after if getattr(self._class(n), "INPUT_IS_LIST", False)
+                 and not getattr(self._class(n), "ELEMENTWISE", False)]
         if len(sources) > 1 or whole:
             why = (f"{len(sources)} folder sources (nodes {', '.join(sources)})" if len(sources) > 1
                    else f"node {whole[0]} ({self.prompt[whole[0]]['class_type']}) takes the whole list")
@@ -257,7 +283,7 @@ class Runner:
         reader = threading.Thread(target=self._prefetch, args=(cls, items, arguments, static, source, decoded, stop),
                                   name="rt4ksr-prefetch", daemon=True)
         pending: deque = deque()
-        with _Writers(self.jobs) as writers:
+        with _Writers(self.jobs, self.hurry) as writers, sharing_cores() as share:
             reader.start()
             try:
                 for _ in items:
@@ -265,6 +291,7 @@ class Runner:
                     _check_interrupt()
                     files, futures = [], []
                     if outputs is not None and error is None:
+                        share(writers.busy())  # the model gets the cores the encoders leave
                         error, files, futures = self._run_item(source, outputs, static, downstream, writers)
                         error = error and f"{item}: {error}"
                     # Reported in order, once the item's writes are done; a skip has no outputs.
@@ -285,7 +312,11 @@ class Runner:
                 return
             outputs = error = None
             try:
-                if not (self.resume and self._complete(item, source, static)):
+                if self.resume and self._complete(item, source, static):
+                    pass
+                elif (existing := self._existing(item, source, static)) is not None:
+                    error = f"{item}: {existing}"  # found before computing it
+                else:
                     outputs = cls.stream_load(item, **arguments)
             except Exception as failure:  # noqa: BLE001 - reported as this item's failure
                 error = f"{item}: {failure}"
@@ -302,22 +333,37 @@ class Runner:
             return False
         for node_id in self.sinks:
             check = getattr(self._class(node_id), "output_complete", None)
-            if check is None:
-                return False
-            known = {}
-            for name, value in self.prompt[node_id]["inputs"].items():
-                if not is_link(value):
-                    known[name] = value
-                elif str(value[0]) == source and value[1] == batch.PATH_SLOT:
-                    known[name] = item
-                elif str(value[0]) in static:
-                    known[name] = static[str(value[0])][value[1]][0]
             try:
-                if not check(**known):
+                if check is None or not check(**self._known(node_id, item, source, static)):
                     return False
             except (TypeError, ValueError):
                 return False
         return True
+
+    def _existing(self, item: str, source: str, static: dict) -> str | None:
+        """Why the item must not run: an output node says its output exists and may not be
+        replaced (without --resume); None when it may run."""
+        for node_id in self.sinks:
+            check = getattr(self._class(node_id), "existing_output", None)
+            try:
+                problem = check and check(**self._known(node_id, item, source, static))
+            except (TypeError, ValueError):
+                continue  # the node reports it when it runs
+            if problem:
+                return problem
+        return None
+
+    def _known(self, node_id: str, item: str, source: str, static: dict) -> dict:
+        """The inputs of output node `node_id` known before `item` is computed."""
+        known = {}
+        for name, value in self.prompt[node_id]["inputs"].items():
+            if not is_link(value):
+                known[name] = value
+            elif str(value[0]) == source and value[1] == batch.PATH_SLOT:
+                known[name] = item
+            elif str(value[0]) in static:
+                known[name] = static[str(value[0])][value[1]][0]
+        return known
 
     def _run_item(self, source, outputs, static, downstream, writers):
         """(error or None, files written, write futures) for one streamed item."""
@@ -330,15 +376,39 @@ class Runner:
                 self._run_node(node_id, cache, ui)
         except NodeError as error:
             return str(error), [], writers.collect()
+        except (Interrupted, KeyboardInterrupt):
+            futures = writers.collect()
+            if not futures:
+                raise
+            # Some outputs are on their way to disk: reported with the item, as the files that
+            # reach it (None: known from the writes); the loop stops at its next check.
+            return "interrupted before all its outputs were written", None, futures
         finally:
             batch.WRITER.reset(token)
         return None, _files(ui), writers.collect()
 
     def _drain(self, pending: deque, summary: Summary, block: bool) -> None:
-        """Report items, in order, whose writes have finished."""
-        while pending and (block or all(f.done() for f in pending[0][3])):
+        """Report items, in order, whose writes have finished; after stop_now() the writes not
+        started yet are dropped, and an item is reported with the files that did reach the disk
+        (none: not reported, as an item never reached)."""
+        while pending:
+            futures = pending[0][3]
+            if not all(f.done() for f in futures):
+                if not block:
+                    return
+                if self.hurry.is_set():
+                    for queued in (f for entry in pending for f in entry[3]):
+                        queued.cancel()  # only those not started: a file is never half written
+                wait(futures, timeout=0.05)
+                continue
             item, error, files, futures, skipped = pending.popleft()
-            self._finish(summary, item, error or write_error(item, futures), files, skipped)
+            error = error or write_error(item, futures)
+            if files is None or any(f.cancelled() for f in futures):
+                files = _written(futures)
+                if not files:
+                    continue
+                error = error or f"{item}: interrupted before all its outputs were written"
+            self._finish(summary, item, error, files, skipped)
 
     def _finish(self, summary: Summary, item: str, error: str | None, files: list[str], skipped=False,
                 **details) -> None:
@@ -359,20 +429,48 @@ class Runner:
         self.emit(event)
 
 
-class _Writers:
-    """A pool of encoder threads with a bounded backlog: submit blocks while 2 x jobs writes
-    are pending, so finished images never pile up in memory."""
+def default_jobs() -> int:
+    """Writer threads: one per core this process may use. Encoding (PNG especially) costs far
+    more CPU than the model, so the writers must be able to fill every core while the model
+    waits for a free slot; the encoders release the GIL, so threads run truly in parallel
+    (README, Speed of batches)."""
+    return usable_cores()
 
-    def __init__(self, jobs: int):
+
+class _Writers:
+    """A pool of encoder threads with a bounded backlog: submit blocks while jobs + BACKLOG
+    writes are pending (running or queued), so finished images never pile up in memory, yet a
+    writer that finishes finds the next image waiting; once `hurry` is set it refuses new
+    writes (Interrupted)."""
+
+    BACKLOG = 2
+
+    def __init__(self, jobs: int, hurry: threading.Event | None = None):
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="rt4ksr-writer")
-        self.slots = threading.BoundedSemaphore(2 * jobs)
+        self.slots = threading.BoundedSemaphore(jobs + self.BACKLOG)
+        self.jobs, self.pending, self.lock = jobs, 0, threading.Lock()
         self.recent: list[Future] = []
+        self.hurry = hurry or threading.Event()
 
     def submit(self, job) -> None:
-        self.slots.acquire()
+        while not self.slots.acquire(timeout=0.05):
+            if self.hurry.is_set():
+                raise Interrupted
+        with self.lock:
+            self.pending += 1
         future = self.pool.submit(job)
-        future.add_done_callback(lambda _: self.slots.release())
+        future.add_done_callback(self._done)
         self.recent.append(future)
+
+    def _done(self, _) -> None:
+        with self.lock:
+            self.pending -= 1
+        self.slots.release()
+
+    def busy(self) -> int:
+        """Writer threads at work now."""
+        with self.lock:
+            return min(self.pending, self.jobs)
 
     def collect(self) -> list[Future]:
         """The futures submitted since the last call."""
@@ -383,7 +481,20 @@ class _Writers:
         return self
 
     def __exit__(self, *exc):
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=self.hurry.is_set())
+
+
+class _WarningEvents(logging.Handler):
+    """The pack's logged warnings during a run, as warning events (a file left out, a
+    ComfyUI-parity quirk met), from whichever thread logs them."""
+
+    def __init__(self, emit: Event):
+        super().__init__(logging.WARNING)
+        self.emit_event = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emit_event({"event": "warning", "message": shorten(record.getMessage())})
+
 
 
 def _merge(results: list[tuple], cls) -> list[list]:
@@ -412,6 +523,12 @@ def _files(ui: list[dict]) -> list[str]:
             if image.get("type") == "output":
                 files.append(str(output / image.get("subfolder", "") / image["filename"]))
     return files
+
+
+def _written(futures) -> list[str]:
+    """The files that writes which ran to the end wrote (a write job returns its path)."""
+    done = [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+    return [str(f.result()) for f in done if f.result() is not None]
 
 
 class ReaderDied(RuntimeError):

@@ -13,6 +13,10 @@ under its final name is always complete (temporary file + rename), and an item w
 appeared during this run (an attempt that died before reporting) is reported done without
 being computed again, so nothing is written half or twice.
 
+On an interrupt no new item starts (a gate actor turns them away) and the driver waits for the
+items already being computed to be written and reported, so the summary matches the disk and
+nothing is written after the run returns.
+
 Inputs, outputs and models are read and written by the workers at the driver's paths: they
 must be on a file system every node sees at the same path.
 """
@@ -62,6 +66,10 @@ class RayRunner(Runner):
         super().__init__(prompt, classes, **options)
         self.address, self.workers = address, workers
 
+    def stop_now(self) -> bool:
+        super().stop_now()
+        return True  # waiting on the cluster: only a KeyboardInterrupt ends the wait at once
+
     def _run_stream(self, source: str, after: set[str], summary: Summary) -> None:
         ray = require_ray(self.address)
         static_nodes = [n for n in self.order if n != source and n not in after]
@@ -73,8 +81,11 @@ class RayRunner(Runner):
         rows = []
         for item in items:
             complete = self._complete(item, source, static)
+            existing = None if self.resume else self._existing(item, source, static)
             if self.resume and complete:
                 self._finish(summary, item, None, [], skipped=True)
+            elif existing:
+                self._finish(summary, item, f"{item}: {existing}", [])
             else:
                 rows.append({"item": item, "existed": complete})
         if not rows:
@@ -111,6 +122,8 @@ class RayRunner(Runner):
         slots = gpus or int(ray.cluster_resources().get("CPU", 1))
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         pool = ray.data.ActorPoolStrategy(size=self.workers or max(1, slots))
+        gate = _gate(ray)
+        job = {**job, "gate": gate}
         # One item per block and per call: items spread evenly and a lost worker loses one item each.
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             _Worker, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool, **resources)
@@ -118,21 +131,55 @@ class RayRunner(Runner):
         results = iter(dataset.iter_rows())
         try:
             for row in results:
-                item = str(row["item"])
-                if item in reported:  # a retried batch reports again; its first report stands
-                    continue
-                reported.add(item)
-                details = {"node": str(row["node"]), "seconds": round(float(row["seconds"]), 4)}
-                if row["recovered"]:
-                    details["recovered"] = True  # its output was written by an attempt that died
-                self._finish(summary, item, row["error"] or None, json.loads(row["outputs"]), **details)
+                self._report(row, reported, summary)
                 _check_interrupt()
         except (KeyboardInterrupt, Interrupted):
+            # No item starts now; those being computed are written and reported before the run
+            # returns (a second Ctrl-C stops at once). An item turned away after the close was a
+            # retry: the attempt that started it died.
+            pending = ray.get(gate.close.remote()) - reported
+            while pending and (row := next(results, None)) is not None:
+                self._report(row, reported, summary)
+                pending.discard(str(row["item"]))
             raise
         except Exception as error:  # noqa: BLE001 - the cluster failed: the run stops, as ReaderDied does locally
             self._finish(summary, "workflow", f"ray: {type(error).__name__}: {error}", [])
         finally:
             results.close()  # on an interrupt: stops the execution and its workers now
+
+    def _report(self, row: dict, reported: set, summary: Summary) -> None:
+        item = str(row["item"])
+        if row["stopped"] or item in reported:  # turned away, or a retried batch reporting again
+            return
+        reported.add(item)
+        details = {"node": str(row["node"]), "seconds": round(float(row["seconds"]), 4)}
+        if row["recovered"]:
+            details["recovered"] = True  # its output was written by an attempt that died
+        self._finish(summary, item, row["error"] or None, json.loads(row["outputs"]), **details)
+
+
+def _gate(ray):
+    """An actor that lets items start until the run is interrupted, and says which started.
+    It lives on the driver's node: losing a worker node must not lose it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+    @ray.remote(num_cpus=0, scheduling_strategy=here)
+    class Gate:
+        def __init__(self):
+            self.open, self.started = True, set()
+
+        def enter(self, item: str) -> bool:
+            if self.open:
+                self.started.add(item)
+            return self.open
+
+        def close(self) -> set[str]:
+            self.open = False
+            return self.started
+
+    return Gate.remote()
 
 
 def _settings() -> dict:
@@ -183,10 +230,10 @@ class _Worker:
         for node_id in job["static"]:
             self.runner._run_node(node_id, self.static, ui)
         self.writers = _Writers(job["jobs"])
-        self.kill, self.count = job["kill"], 0
+        self.kill, self.count, self.gate = job["kill"], 0, job["gate"]
         import ray
 
-        self.node = ray.get_runtime_context().get_node_id()
+        self.ray, self.node = ray, ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
         rows = [self._one(str(item), bool(existed)) for item, existed in zip(batch["item"], batch["existed"])]
@@ -194,14 +241,16 @@ class _Worker:
 
     def _one(self, item: str, existed: bool) -> dict:
         start = time.perf_counter()
-        error, files = None, []
-        # Complete now but not when the run began: an attempt of this run died after writing it.
-        recovered = not existed and self.runner._complete(item, self.source, self.static)
-        if not recovered:
-            error, files = self._compute(item)
-        self._maybe_die()
+        error, files, recovered = None, [], False
+        stopped = not self.ray.get(self.gate.enter.remote(item))
+        if not stopped:
+            # Complete now but not when the run began: an attempt of this run died after writing it.
+            recovered = not existed and self.runner._complete(item, self.source, self.static)
+            if not recovered:
+                error, files = self._compute(item)
+            self._maybe_die()
         return {"item": item, "error": error or "", "outputs": json.dumps(files), "node": self.node,
-                "seconds": time.perf_counter() - start, "recovered": recovered}
+                "seconds": time.perf_counter() - start, "recovered": recovered, "stopped": stopped}
 
     def _compute(self, item: str) -> tuple[str | None, list[str]]:
         cls = self.runner._class(self.source)

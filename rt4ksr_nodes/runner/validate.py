@@ -8,6 +8,8 @@ import inspect
 import math
 from dataclasses import dataclass
 
+from ..fileio import brief, shorten
+
 CONVERTERS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
@@ -133,11 +135,14 @@ def _check_node(node_id: str, prompt: dict, cls, classes: dict) -> list[Problem]
             continue
         if isinstance(value, dict) and "__value__" in value:
             value = inputs[name] = value["__value__"]
+        if value is None:  # null in the JSON: no value (a node's check would take it for a link)
+            problem(name, "missing_input", "the value is null; give a value or connect the input")
+            continue
         if isinstance(kind, str) and kind in CONVERTERS:
             try:
                 value = inputs[name] = CONVERTERS[kind](value)
             except (TypeError, ValueError) as error:
-                problem(name, "invalid_value", f"{value!r} is not a valid {kind}: {error}")
+                problem(name, "invalid_value", f"{brief(value)} is not a valid {kind}: {shorten(str(error), 200)}")
                 continue
         if kind == "FLOAT" and math.isnan(value):  # NaN passes every min/max comparison
             problem(name, "invalid_value", "NaN is not a valid FLOAT")
@@ -150,22 +155,22 @@ def _check_node(node_id: str, prompt: dict, cls, classes: dict) -> list[Problem]
             problem(name, "out_of_range", f"{value} is bigger than the maximum {options['max']}")
         elif isinstance(kind, (list, tuple)) and value not in kind:
             shown = list(kind) if len(kind) <= 20 else f"a list of {len(kind)} choices"
-            problem(name, "not_in_list", f"{value!r} is not one of {shown}")
+            problem(name, "not_in_list", f"{brief(value)} is not one of {shorten(str(shown), 1000)}")
     if custom and not problems:
         arguments = {k: (None if isinstance(inputs.get(k), list) else inputs.get(k)) for k in custom_args if k in inputs}
         try:
             verdict = custom(**arguments)
         except Exception as error:  # noqa: BLE001 - a value the node's check cannot handle
-            verdict = f"the node's check failed on these values: {type(error).__name__}: {error}"
+            verdict = f"the node's check failed on these values: {type(error).__name__}: {shorten(str(error), 500)}"
         if verdict is not True:
             problem(", ".join(sorted(arguments)) or None, "rejected_value",
-                    str(verdict) if verdict is not False else "rejected by the node")
+                    shorten(str(verdict)) if verdict is not False else "rejected by the node")
     return problems
 
 
 def _check_link(name, value, kind, prompt, classes, problem) -> None:
     if not is_link(value):
-        problem(name, "bad_link", f"a link must be [node id, output index], got {value!r}")
+        problem(name, "bad_link", f"a link must be [node id, output index], got {brief(value)}")
         return
     origin_id, slot = str(value[0]), value[1]
     if origin_id not in prompt:

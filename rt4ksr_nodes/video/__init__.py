@@ -4,11 +4,10 @@ detection and the CLI's arguments work without it."""
 
 from importlib import import_module
 
-from .detect import VIDEO_EXTENSIONS, available, is_video
+from .detect import CONTAINERS, VIDEO_EXTENSIONS, available, is_video
 
 _LAZY = {
     "CODECS": ".codecs",
-    "CONTAINERS": ".codecs",
     "EncodeOptions": ".codecs",
     "VideoError": ".errors",
     "VideoWarning": ".errors",
@@ -25,4 +24,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["VIDEO_EXTENSIONS", "available", "is_video", *_LAZY]
+__all__ = ["CONTAINERS", "VIDEO_EXTENSIONS", "available", "is_video", *_LAZY]

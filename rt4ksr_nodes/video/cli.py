@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from ..imageio import IMAGE_EXTENSIONS
-from .detect import INSTALL_HINT, VIDEO_EXTENSIONS, available, is_video
+from .detect import CONTAINERS, INSTALL_HINT, VIDEO_EXTENSIONS, available, is_video
 
+OUTPUT_EXTENSIONS = tuple(CONTAINERS)  # what --output may name
 CODEC_CHOICES = ("h264", "hevc", "av1", "vp9", "prores", "ffv1", "h264_nvenc", "hevc_nvenc")
 
 
@@ -33,21 +34,21 @@ def is_input(path: Path) -> bool:
     return suffix in VIDEO_EXTENSIONS or suffix not in IMAGE_EXTENSIONS and is_video(path)
 
 
-def output_name(source: Path, scale: int, args: argparse.Namespace) -> str:
-    """<stem>--<s>x<ext>: the source's container when it can carry the codec, else the codec's."""
+def output_suffix(source: Path, args: argparse.Namespace) -> str:
+    """The source's container when it can carry the codec, else the codec's."""
     suffix = source.suffix.lower()
-    if available():
-        from .codecs import EncodeOptions, choose_codec, output_extension
-        from .errors import VideoError
-        from .source import probe
+    if not available():
+        return suffix  # the run says what to install
+    from .codecs import EncodeOptions, choose_codec, output_extension
+    from .errors import VideoError
+    from .source import probe
 
-        try:
-            info = probe(source)
-        except VideoError:
-            return f"{source.stem}--{scale}x{suffix}"  # the run reports the problem
-        codec = choose_codec(EncodeOptions(codec=args.codec), info, args.alpha != "discard", suffix)
-        suffix = output_extension(codec, suffix)
-    return f"{source.stem}--{scale}x{suffix}"
+    try:
+        info = probe(source)
+    except VideoError:
+        return suffix  # the run reports the problem
+    codec = choose_codec(EncodeOptions(codec=args.codec), info, args.alpha != "discard", suffix)
+    return output_extension(codec, suffix)
 
 
 def upscale_file(model, source: Path, destination: Path, args: argparse.Namespace) -> None:
@@ -82,7 +83,6 @@ def upscale_file(model, source: Path, destination: Path, args: argparse.Namespac
     finally:
         if bar is not None:
             bar.close()
-    print(f"{source} -> {destination}", file=sys.stderr)
 
 
 def _progress_bar(source: Path, forced: bool):

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import av
 
+from .detect import CONTAINERS
 from .errors import VideoError
 from .pixels import BT709, MPEG, RGB, SMPTE170M, Colour, Layout
 from .source import VideoSource
 
-# Output extensions and the muxer each selects.
-CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 PRORES_PROFILES = ("proxy", "lt", "standard", "hq", "4444", "4444xq")
 

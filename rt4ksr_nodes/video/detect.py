@@ -13,6 +13,8 @@ VIDEO_EXTENSIONS = (
 )
 # 18: the first PyAV that writes a display matrix (rotation); ComfyUI itself asks for >= 14.2.
 MIN_PYAV = 18
+# Output extensions and the muxer each selects.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 INSTALL_HINT = f"video needs PyAV >= {MIN_PYAV}: pip install 'rt4ksr-nodes[video]' (or pip install 'av>={MIN_PYAV}')"
 
 
@@ -27,8 +29,9 @@ def available() -> bool:
 
 
 def image_demuxer(name: str) -> bool:
-    """FFmpeg's demuxers for still images (png_pipe, jpeg_pipe, image2, ...): not videos."""
-    return name == "image2" or name.endswith("_pipe")
+    """FFmpeg's demuxers for images, still or animated (png_pipe, image2, gif, apng, ...): the
+    image path reads those."""
+    return name in ("image2", "gif", "apng") or name.endswith("_pipe")
 
 
 def is_video(path: str | os.PathLike) -> bool:
