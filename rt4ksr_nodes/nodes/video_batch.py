@@ -9,7 +9,6 @@ names each output from its source with a template and writes it through a tempor
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 from pathlib import Path, PurePosixPath
@@ -23,6 +22,7 @@ from .video_values import FileVideo, comfy_metadata, save_video
 
 log = logging.getLogger(__name__)
 CONTAINERS = ["mp4", "mkv", "mov"]
+VIDEOS = ("video", VIDEO_EXTENSIONS, "video files (mp4, mov, mkv, webm, avi, ...)")  # for batch._listing
 
 
 class RT4KSRLoadVideoFolder:
@@ -58,29 +58,12 @@ class RT4KSRLoadVideoFolder:
 
     @classmethod
     def stream_items(cls, folder, pattern, recursive) -> list[str]:
-        """Relative paths (POSIX) of the matching clips (by extension), sorted; hidden files
-        and folders, and symlinks that lead out of the input folder, are left out."""
-        root = cls._root(folder)
-        if not root.is_dir():
-            raise FileNotFoundError(_no_folder(folder))
-        pattern = pattern or "*"
-        names = []
-        for path in root.rglob("*") if recursive else root.iterdir():
-            relative = path.relative_to(root).as_posix()
-            if (path.suffix.lower() not in VIDEO_EXTENSIONS or any(p.startswith(".") for p in relative.split("/"))
-                    or not fnmatch.fnmatch(relative if "/" in pattern else path.name, pattern)):
-                continue
-            try:
-                inside(root, relative)
-            except UnsafePathError as error:
-                log.warning("Load Video Folder (RT4KSR): skipping %s: %s", path, error)
-                continue
-            if path.is_file():
-                names.append(relative)
-        if not names:
-            searched = f"{root} and its subfolders" if recursive else f"{root}, not its subfolders"
-            raise FileNotFoundError(f"no video in {folder!r} matches {pattern!r} (searched {searched})")
-        return sorted(names)
+        """Relative paths (POSIX) of the matching clips (by extension), sorted, as the image
+        folder lists images (batch._listing); what was left out is logged."""
+        names, notes = batch._listing(cls._root(folder), folder, pattern, recursive, VIDEOS)
+        for note in notes:
+            log.warning("Load Video Folder (RT4KSR): %s", note)
+        return names
 
     @classmethod
     def stream_load(cls, item: str, folder, pattern, recursive) -> tuple:
@@ -101,7 +84,7 @@ class RT4KSRLoadVideoFolder:
             root = cls._root(folder)
         except UnsafePathError as error:
             return str(error)
-        return True if root.is_dir() else _no_folder(folder)
+        return True if root.is_dir() else batch._no_folder(folder, "video")
 
     @classmethod
     def IS_CHANGED(cls, folder, pattern, recursive) -> str:
@@ -134,10 +117,6 @@ class RT4KSRLoadVideoFolder:
         if failures and not outputs[0]:
             raise ValueError("no video could be read: " + "; ".join(failures))
         return outputs
-
-
-def _no_folder(folder: str) -> str:
-    return f"video folder {folder!r} does not exist in {bridge.directory('input')}"
 
 
 class RT4KSRSaveVideoBatch:
