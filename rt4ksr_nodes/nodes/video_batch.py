@@ -50,8 +50,8 @@ class RT4KSRLoadVideoFolder:
             "required": {
                 "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; "
                            "empty = the input folder."}),
-                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern, e.g. *.mp4 or take_*.mov; "
-                            "with a / it matches the path inside the folder, e.g. day1/*.mp4."}),
+                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern (any letter case), e.g. "
+                            "*.mp4 or take_*.mov; with a / it matches the path inside the folder, e.g. day1/*.mp4."}),
                 "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
             }
         }
