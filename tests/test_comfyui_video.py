@@ -19,7 +19,7 @@ import torch
 
 from ground_truth import ROOT, checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
-from test_comfyui_integration import http, server  # noqa: F401 - fixture
+from test_comfyui_integration import http, server, stalling_mirror  # noqa: F401 - fixtures
 from test_video_nodes import DROPPED
 from rt4ksr_nodes import load_model, upscale
 
