@@ -117,6 +117,29 @@ def progress() -> Callable[[int, int], None] | None:
     return headless.progress_factory() if headless.progress_factory else None
 
 
+def video_input_class() -> type | None:
+    """ComfyUI's VideoInput base class inside a server (None headless)."""
+    for name in ("comfy_api.latest._input", "comfy_api.input"):
+        module = _comfy(name)
+        if module is not None and hasattr(module, "VideoInput"):
+            return module.VideoInput
+    return None
+
+
+_video_classes: dict[tuple[type, type], type] = {}
+
+
+def video_class(cls: type) -> type:
+    """`cls` (which implements ComfyUI's video interface) made a subclass of ComfyUI's
+    VideoInput inside a server, so that nodes checking isinstance accept it; `cls` headless."""
+    base = video_input_class()
+    if base is None:
+        return cls
+    if (cls, base) not in _video_classes:
+        _video_classes[cls, base] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
+    return _video_classes[cls, base]
+
+
 def cancel_requested() -> bool:
     """Whether the user asked to stop, without acting on it: inside ComfyUI the request stays
     for the server to stop the prompt with."""

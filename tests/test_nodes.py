@@ -19,7 +19,7 @@ import rt4ksr_nodes.nodes.upscale as upscale_module
 from rt4ksr_nodes.engine.memory import MARGIN
 from rt4ksr_nodes.nodes.to_size import Plan, plan
 
-SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL", "STRING"}  # STRING: a forceInput socket
+SOCKET_TYPES = {"IMAGE", "MASK", "RT4KSR_MODEL", "STRING", "VIDEO"}  # STRING: a forceInput socket
 
 
 @pytest.fixture
@@ -74,6 +74,9 @@ def test_the_contract_names():
         "RT4KSRUpscaleToSize": "Upscale Image to Size (RT4KSR)",
         "RT4KSRLoadImageFolder": "Load Image Folder (RT4KSR)",
         "RT4KSRSaveImageBatch": "Save Image Batch (RT4KSR)",
+        "RT4KSRUpscaleVideo": "Upscale Video (RT4KSR)",
+        "RT4KSRLoadVideoFolder": "Load Video Folder (RT4KSR)",
+        "RT4KSRSaveVideoBatch": "Save Video Batch (RT4KSR)",
     }
     upscale_inputs = NODE_CLASS_MAPPINGS["RT4KSRUpscale"].INPUT_TYPES()
     assert list(upscale_inputs["required"]) == ["model", "image", "tile_size", "precision"]

@@ -41,7 +41,7 @@ DATA = ROOT / "tests" / "data" / "frontend"
 CASES = sorted(p.name[: -len(".api.json")] for p in DATA.glob("*.api.json"))
 
 # Widgets a frontend extension adds for display only: sent, never saved, ignored by the server.
-DISPLAY_ONLY = {"PreviewAny": "preview"}
+DISPLAY_ONLY = {"PreviewAny": "preview", "LoadVideo": "video-preview"}
 
 
 @pytest.fixture(scope="module")

@@ -240,3 +240,30 @@ def test_a_lost_node_has_its_items_done_elsewhere(cluster, reference, tmp_path):
     assert len({e["node"] for e in items} - set(lost)) >= 1, "items went on elsewhere"
     written = {k: v for k, v in _contents(tmp_path / "out").items() if not k.split("/")[-1].startswith(".")}
     assert written == expected
+
+
+def test_folder_of_clips_spreads_over_the_workers(cluster, weights_from, tmp_path):
+    """Video folder batch on the workers: a broken clip fails alone, and the files decode to
+    the local backend's frames and timestamps (how items spread over the nodes is the image
+    test's; two clips may well both land on the first worker ready)."""
+    from rt4ksr_nodes.runner.ray_backend import RayRunner
+    from test_runner_video import clips, folder_prompt
+    from video_clips import decode
+
+    clips(tmp_path / "input")
+    saved = (bridge.headless.input_dir, bridge.headless.output_dir)
+    bridge.headless.input_dir = tmp_path / "input"
+    try:
+        bridge.headless.output_dir = tmp_path / "local"
+        local = Runner(folder_prompt(), registry.node_classes()).run()
+        bridge.headless.output_dir = tmp_path / "ray"
+        events = []
+        spread = RayRunner(folder_prompt(), registry.node_classes(), on_event=events.append).run()
+    finally:
+        bridge.headless.input_dir, bridge.headless.output_dir = saved
+    for summary in (local, spread):
+        assert (summary.done, summary.failed) == (2, 1) and summary.failures[0][0] == "broken.mp4"
+    assert sorted(e["item"] for e in events if e["event"] == "item" and e["status"] == "done") == ["one.mp4", "two.mkv"]
+    for name in ("one--2x.mp4", "two--2x.mp4"):
+        ours, theirs = decode(tmp_path / "local" / "sr" / name), decode(tmp_path / "ray" / "sr" / name)
+        assert ours[1] == theirs[1] and all(np.array_equal(a, b) for a, b in zip(ours[0], theirs[0]))

@@ -198,13 +198,18 @@ class SourcePath(str):
         return value
 
 
-def _listing(root: Path, folder: str, pattern: str, recursive: bool) -> tuple[list[str], list[str]]:
-    """(matching image paths relative to `root`, sorted; notes on what was left out). A pattern
-    with a '/' is matched against the relative path, one without against the file name, in
-    any letter case; hidden files and folders (and so the pack's temporary files) are left
-    out, and so are symlinks that lead out of the input folder."""
+IMAGES = ("image", IMAGE_EXTENSIONS, "PNG, JPEG, WebP, TIFF and BMP")  # what, extensions, in words
+
+
+def _listing(root: Path, folder: str, pattern: str, recursive: bool,
+             files: tuple = IMAGES) -> tuple[list[str], list[str]]:
+    """(matching paths relative to `root` of `files` (IMAGES, or the video loader's), sorted;
+    notes on what was left out). A pattern with a '/' is matched against the relative path, one
+    without against the file name, in any letter case; hidden files and folders (and so the
+    pack's temporary files) are left out, and so are symlinks that lead out of the input folder."""
+    what, extensions, described = files
     if not root.is_dir():
-        raise FileNotFoundError(_no_folder(folder))
+        raise FileNotFoundError(_no_folder(folder, what))
     pattern = (pattern or "*").lower()
     found = root.rglob("*") if recursive else root.iterdir()
     names, notes, others = [], [], []
@@ -213,7 +218,7 @@ def _listing(root: Path, folder: str, pattern: str, recursive: bool) -> tuple[li
         if (any(p.startswith(".") for p in relative.split("/"))
                 or not fnmatch.fnmatchcase((relative if "/" in pattern else path.name).lower(), pattern)):
             continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.suffix.lower() not in extensions:
             others.append(relative)
             continue
         try:
@@ -228,8 +233,8 @@ def _listing(root: Path, folder: str, pattern: str, recursive: bool) -> tuple[li
         why = ""
         if others:
             why = (f": {len(others)} file{'s' * (len(others) > 1)} match{'es' * (len(others) == 1)} (e.g. "
-                   f"{brief(min(others))}) but this loader reads only PNG, JPEG, WebP, TIFF and BMP")
-        raise FileNotFoundError(f"no image in {brief(folder)} matches {brief(pattern)} (searched {searched}){why}")
+                   f"{brief(min(others))}) but this loader reads only {described}")
+        raise FileNotFoundError(f"no {what} in {brief(folder)} matches {brief(pattern)} (searched {searched}){why}")
     return sorted(names), notes
 
 
@@ -303,8 +308,8 @@ def _refuse_existing(root: Path, names: list[str], savers: list[dict]) -> None:
             )
 
 
-def _no_folder(folder: str) -> str:
-    return f"image folder {folder!r} does not exist in {bridge.directory('input')}"
+def _no_folder(folder: str, what: str = "image") -> str:
+    return f"{what} folder {folder!r} does not exist in {bridge.directory('input')}"
 
 
 class RT4KSRSaveImageBatch:

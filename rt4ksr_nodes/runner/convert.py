@@ -4,7 +4,7 @@ definitions, following the ComfyUI frontend's rules:
 - widget values are stored in the order of the node's widget inputs (required, then optional;
   socket-only types such as IMAGE and inputs with forceInput have no widget); an extra value
   follows an INT named seed/noise_seed or any input with control_after_generate (the "control
-  after generate" widget) and an image_upload combo (the upload button); neither is sent;
+  after generate" widget) and an image/video upload combo (the upload button); neither is sent;
 - an input with a link takes the link (a widget converted to a socket included), after the
   widget values, keeping the widget's place;
 - Reroute passes its input through (muted or not); a PrimitiveNode's value feeds the widgets it
@@ -32,6 +32,8 @@ from .formats import WorkflowError
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
+# Combo options that give a file combo the editor's upload button (a widget saved, never sent).
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
 MUTED, BYPASSED = 2, 4
 SUBGRAPH_IN, SUBGRAPH_OUT = -10, -20
 
@@ -88,7 +90,7 @@ def widget_layout(cls) -> list[str | None]:
             layout.append(name)
             if options.get("control_after_generate", kind == "INT" and name in SEED_NAMES):
                 layout.append(None)
-            if combo and options.get("image_upload"):
+            if combo and any(options.get(k) for k in UPLOAD_OPTIONS):
                 layout.append(None)
     return layout
 

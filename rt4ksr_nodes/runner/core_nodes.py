@@ -36,13 +36,14 @@ CROP_METHODS = ["disabled", "center"]
 PREVIEW_FOLDER = ".preview"
 
 
-def input_files() -> list[str]:
-    """Image files directly in the input folder, as LoadImage's list shows them."""
+def input_files(kind: str = "image") -> list[str]:
+    """Files of `kind` (image, video) directly in the input folder, by their name's MIME type,
+    as LoadImage's and LoadVideo's lists show them."""
     folder = bridge.directory("input")
     if not folder.is_dir():
         return []
     names = [p.name for p in folder.iterdir() if p.is_file()]
-    return sorted(n for n in names if (mimetypes.guess_type(n, strict=False)[0] or "").startswith("image/"))
+    return sorted(n for n in names if (mimetypes.guess_type(n, strict=False)[0] or "").startswith(kind + "/"))
 
 
 def annotated_path(name: str) -> Path:
