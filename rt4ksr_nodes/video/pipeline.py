@@ -152,7 +152,9 @@ class _Job:
     def run(self, handle, model, engine_options: dict, alpha: str, progress, cancel) -> int:
         source = open_video(self.source.path)
         try:
-            output = av.open(handle, "w", format=self.plan.muxer)
+            # MP4/MOV keep tags they do not know (ComfyUI's prompt, workflow) only when asked.
+            options = {"movflags": "use_metadata_tags"} if self.plan.muxer in ("mp4", "mov") else {}
+            output = av.open(handle, "w", format=self.plan.muxer, options=options)
         except BaseException:
             source.close()
             raise
