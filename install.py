@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from rt4ksr_nodes import weights
+    from rt4ksr_nodes.files import weights
 
     failed = False
     for name in weights.releases():

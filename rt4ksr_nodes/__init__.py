@@ -1,6 +1,9 @@
 """rt4ksr_nodes: RT4KSR super-resolution for ComfyUI and headless pipelines.
 
-Layers, imports flowing one way: model <- engine <- nodes <- runner.
+Layers, imports flowing one way: model <- engine <- video <- nodes <- runner; files/ (image
+files, atomic writes, checkpoints) under all, host/ (the bridge to ComfyUI) beside nodes, and the
+tools on top: cli/ (quick inference), evaluate/, bench/. The root keeps only this face and the
+`python -m` entry modules (upscale.py, run.py).
 """
 
 from .engine import UpscaleCancelled, UpscaleError, UpscaleOutOfMemory, upscale

@@ -9,7 +9,7 @@ import sys
 import types
 
 from .engine import upscale as _upscale
-from .upscale_cli import main
+from .cli.upscale import main
 
 
 class _CallableModule(types.ModuleType):

@@ -7,7 +7,7 @@
 Two 96x96 crops, a photograph (Set5 `butterfly.png`, read in place from the benchmark images;
 the crop file is not committed) and flat-colour art (the repository's own example input
 `workflows/inputs/dusk_1920x1080.png`), each taken at x2 and x3 through the evaluation's own
-protocol (`rt4ksr_nodes.evaluate`): MATLAB-bicubic LR of the crop, torch bicubic and the released
+protocol (`rt4ksr_nodes.evaluate.cli`): MATLAB-bicubic LR of the crop, torch bicubic and the released
 RT4KSR, 8-bit outputs, PSNR on BT.601 Y with the scale as crop border. So the bicubic and RT4KSR
 labels are the PSNR Y that `evaluate` prints for the crops written by `--crops-dir` (one folder,
 hence one table row, per crop). The input panel is the LR enlarged by pixel repetition (nearest
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from rt4ksr_nodes.evaluate import bicubic_upscale, load_models, load_rgb8, make_pair, model_upscale
-from rt4ksr_nodes.fileio import atomic_write
-from rt4ksr_nodes.metrics import measure
+from rt4ksr_nodes.evaluate.cli import bicubic_upscale, load_models, load_rgb8, make_pair, model_upscale
+from rt4ksr_nodes.files.paths import atomic_write
+from rt4ksr_nodes.evaluate.metrics import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RT4KSR_SHARED", ROOT.parent / "shared"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.host import bridge
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from PIL import Image
 
 from runner_helpers import batch_api, folders, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes.engine.cpu import sharing_cores, usable_cores
-from rt4ksr_nodes.imageio import Picture, write_image
+from rt4ksr_nodes.files.images import Picture, write_image
 from rt4ksr_nodes.runner import registry
 from rt4ksr_nodes.runner.execute import Runner, _Writers
 from rt4ksr_nodes.runner.validate import validate

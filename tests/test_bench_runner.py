@@ -12,8 +12,9 @@ from PIL import Image
 from ground_truth import shared_path
 from engine_helpers import reference
 from runner_helpers import folders, write_png  # noqa: F401 - fixture
-from rt4ksr_nodes import bench, load_model
-from rt4ksr_nodes.bench_runner import folder_prompt
+from rt4ksr_nodes import load_model
+from rt4ksr_nodes.bench import cli as bench
+from rt4ksr_nodes.bench.runner import folder_prompt
 from rt4ksr_nodes.runner import registry
 from rt4ksr_nodes.runner.validate import validate
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from ground_truth import shared_path
-from rt4ksr_nodes import bench, bench_speed
+from rt4ksr_nodes.bench import cli as bench
+from rt4ksr_nodes.bench import speed as bench_speed
 
 ARGS = ["all", "--device", "cpu", "--scale", "2", "--repeat", "2", "--train-repeat", "2",
         "--warmup", "1", "--frames", "3"]

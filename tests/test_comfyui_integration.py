@@ -28,7 +28,7 @@ from PIL import Image
 
 from ground_truth import ROOT, checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
-from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.host import bridge
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -64,7 +64,7 @@ def run_prompt(url: str, base: Path, prompt: dict) -> tuple[dict, str]:
 def stalling_mirror():
     """The server's only source of released models: a mirror that answers HEAD, then sends the
     first 64 KiB of any GET and stalls (url, requests received)."""
-    from rt4ksr_nodes.weights import releases
+    from rt4ksr_nodes.files.weights import releases
 
     size, requests, release = releases()["rt4ksr_x2"].size, [], threading.Event()
 

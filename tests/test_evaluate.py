@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from ground_truth import checkpoint_path, shared_path
-from rt4ksr_nodes import evaluate as ev
-from rt4ksr_nodes.imresize import imresize_uint8
-from rt4ksr_nodes.metrics import measure, psnr
+from rt4ksr_nodes.evaluate import cli as ev
+from rt4ksr_nodes.evaluate.imresize import imresize_uint8
+from rt4ksr_nodes.evaluate.metrics import measure, psnr
 
 
 def smooth_image(height, width, seed):

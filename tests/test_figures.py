@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ground_truth import ROOT, shared_path
-from rt4ksr_nodes import evaluate
+from rt4ksr_nodes.evaluate import cli as evaluate
 
 FIGURES = ROOT / "docs" / "img"
 

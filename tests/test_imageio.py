@@ -11,7 +11,7 @@ import pytest
 import tiff16
 from PIL import Image, ImageCms, ImageOps
 
-from rt4ksr_nodes.imageio import ImageReadError, Picture, read_image, write_image
+from rt4ksr_nodes.files.images import ImageReadError, Picture, read_image, write_image
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rt4ksr_nodes.imresize import imresize, imresize_uint8, output_length, weight_matrix
+from rt4ksr_nodes.evaluate.imresize import imresize, imresize_uint8, output_length, weight_matrix
 
 
 def keys(x: float) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rt4ksr_nodes.metrics import measure, psnr, rgb_to_y, ssim, to_uint8
+from rt4ksr_nodes.evaluate.metrics import measure, psnr, rgb_to_y, ssim, to_uint8
 
 
 def random_image(shape, seed, low=0, high=256):

@@ -16,7 +16,7 @@ import pytest
 from ground_truth import checkpoint_path, sha256_of
 from offline import no_network  # noqa: F401 - fixture
 from runner_helpers import folders  # noqa: F401 - fixture
-from rt4ksr_nodes import comfy_bridge
+from rt4ksr_nodes.host import bridge as comfy_bridge
 from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS
 from rt4ksr_nodes.nodes.catalogue import NOT_RELEASE
 from rt4ksr_nodes.runner import cli

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ground_truth import checkpoint_path, image_paths, load_rgb
 from engine_helpers import reference, reference_alpha
-from rt4ksr_nodes import comfy_bridge, save_model
+from rt4ksr_nodes import save_model
+from rt4ksr_nodes.host import bridge as comfy_bridge
 from rt4ksr_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 import rt4ksr_nodes.nodes.upscale as upscale_module
 from rt4ksr_nodes.engine.memory import MARGIN

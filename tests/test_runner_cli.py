@@ -13,7 +13,7 @@ from PIL import Image
 from ground_truth import ROOT, shared_path
 from runner_helpers import (  # noqa: F401 - fixture
     batch_api, editor_graph, editor_node, folders, scale_api, write_png)
-from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.host import bridge
 from rt4ksr_nodes.runner import cli
 from rt4ksr_nodes.runner.execute import Runner
 

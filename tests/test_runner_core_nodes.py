@@ -11,7 +11,7 @@ from PIL import Image
 
 from runner_helpers import folders, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes.runner import core_nodes, formats
-from rt4ksr_nodes.fileio import UnsafePathError
+from rt4ksr_nodes.files.paths import UnsafePathError
 
 
 def test_save_image_truncates_like_comfyui(folders):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ground_truth import ROOT, checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
-from rt4ksr_nodes import comfy_bridge
+from rt4ksr_nodes.host import bridge as comfy_bridge
 from rt4ksr_nodes import nodes as pack
 from rt4ksr_nodes.runner import convert, registry
 from rt4ksr_nodes.runner.core_upscale import (

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
-from rt4ksr_nodes import comfy_bridge as bridge
-from rt4ksr_nodes.imageio import ImageReadError
+from rt4ksr_nodes.host import bridge
+from rt4ksr_nodes.files.images import ImageReadError
 from rt4ksr_nodes.nodes import batch
 from rt4ksr_nodes.nodes.batch import RT4KSRLoadImageFolder
 from rt4ksr_nodes.runner import registry

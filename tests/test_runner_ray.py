@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from runner_helpers import folders  # noqa: F401 - fixture
-from rt4ksr_nodes import comfy_bridge as bridge
-from rt4ksr_nodes.bench_runner import folder_prompt
+from rt4ksr_nodes.host import bridge
+from rt4ksr_nodes.bench.runner import folder_prompt
 from rt4ksr_nodes.runner import cli, registry
 from rt4ksr_nodes.runner.execute import Runner
 

@@ -12,7 +12,7 @@ from ground_truth import ROOT, checkpoint_path, shared_path
 from runner_helpers import folders  # noqa: F401 - fixture
 from rt4ksr_nodes import load_model, upscale
 from rt4ksr_nodes.nodes.batch import _as_comfy
-from rt4ksr_nodes.imageio import read_image
+from rt4ksr_nodes.files.images import read_image
 from rt4ksr_nodes.runner import convert, registry
 from rt4ksr_nodes.runner.execute import Runner
 from rt4ksr_nodes.runner.validate import validate

@@ -20,7 +20,8 @@ from PIL import Image, ImageCms
 
 from ground_truth import ROOT
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
-from rt4ksr_nodes import comfy_bridge as bridge, fileio
+from rt4ksr_nodes.host import bridge
+from rt4ksr_nodes.files import paths as fileio
 from rt4ksr_nodes.nodes import batch
 from rt4ksr_nodes.runner import cli, core_nodes, registry
 from rt4ksr_nodes.runner.execute import Runner
@@ -277,7 +278,7 @@ def test_a_run_removes_stale_temporary_files_and_never_reads_them(tmp_path, caps
 STOPPABLE = """
 import sys, time
 from pathlib import Path
-from rt4ksr_nodes import comfy_bridge as bridge
+from rt4ksr_nodes.host import bridge
 from rt4ksr_nodes.nodes import batch
 from rt4ksr_nodes.runner import cli, registry
 

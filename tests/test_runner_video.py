@@ -85,7 +85,7 @@ def test_load_upscale_save_streams_with_the_servers_names_and_metadata(folders):
 
 
 def test_no_metadata_leaves_the_prompt_out(folders, monkeypatch):
-    from rt4ksr_nodes import comfy_bridge as bridge
+    from rt4ksr_nodes.host import bridge
 
     monkeypatch.setattr(bridge.headless, "metadata", False)
     write_clip(folders[0] / "clip.mp4", pictures(2, 32, 40))

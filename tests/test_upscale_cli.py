@@ -13,8 +13,8 @@ from ground_truth import ROOT
 from engine_helpers import crop, reference
 from PIL import Image, ImageCms
 
-from rt4ksr_nodes import upscale_cli
-from rt4ksr_nodes.upscale_cli import main
+from rt4ksr_nodes.cli import upscale as upscale_cli
+from rt4ksr_nodes.cli.upscale import main
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

@@ -9,9 +9,9 @@ import torch
 from engine_helpers import crop, reference
 from PIL import Image, ImageSequence
 
-from rt4ksr_nodes import upscale_cli
-from rt4ksr_nodes.imageio import Picture, Timing, read_frames, write_frames
-from rt4ksr_nodes.upscale_cli import main
+from rt4ksr_nodes.cli import upscale as upscale_cli
+from rt4ksr_nodes.files.images import Picture, Timing, read_frames, write_frames
+from rt4ksr_nodes.cli.upscale import main
 
 
 @pytest.fixture(autouse=True)

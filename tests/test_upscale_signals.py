@@ -13,13 +13,14 @@ import pytest
 from ground_truth import ROOT
 from PIL import Image
 
-from rt4ksr_nodes.fileio import TEMP_SUFFIX, remove_stale_temps
-from rt4ksr_nodes.upscale_cli import main
+from rt4ksr_nodes.files.paths import TEMP_SUFFIX, remove_stale_temps
+from rt4ksr_nodes.cli.upscale import main
 
 # The CLI, with the image encoder stuck after writing part of the first output.
 STUCK_WRITER = """
 import sys, time
-from rt4ksr_nodes import imageio, upscale_cli
+from rt4ksr_nodes.files import images as imageio
+from rt4ksr_nodes.cli import upscale as upscale_cli
 
 def stuck(out, *args):
     out.write(b"half an image")

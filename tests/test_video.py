@@ -22,7 +22,7 @@ from ground_truth import ROOT
 from video_clips import av, decode, frame_times, packets, pictures, write_clip
 
 from rt4ksr_nodes import UpscaleCancelled, upscale_video
-from rt4ksr_nodes.upscale_cli import main
+from rt4ksr_nodes.cli.upscale import main
 from rt4ksr_nodes.video import VideoError, probe
 from rt4ksr_nodes.video.codecs import EncodeOptions, plan
 from rt4ksr_nodes.video.pixels import Colour, Layout

@@ -20,7 +20,8 @@ import torch
 from ground_truth import checkpoint_path
 from runner_helpers import folders  # noqa: F401 - fixture
 from video_clips import decode, frame_times, packets, pictures, write_clip
-from rt4ksr_nodes import UpscaleCancelled, comfy_bridge as bridge, load_model, upscale
+from rt4ksr_nodes import UpscaleCancelled, load_model, upscale
+from rt4ksr_nodes.host import bridge
 from rt4ksr_nodes.nodes import video as video_node
 from rt4ksr_nodes.nodes.video import RT4KSRUpscaleVideo, UpscaledVideo
 from rt4ksr_nodes.nodes.video_values import Components, ComponentsVideo, FileVideo

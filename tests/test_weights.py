@@ -13,7 +13,7 @@ import pytest
 
 from ground_truth import checkpoint_path, sha256_of, shared_path
 from offline import no_network  # noqa: F401 - fixture
-from rt4ksr_nodes import weights
+from rt4ksr_nodes.files import weights
 
 
 class Server:

@@ -1,4 +1,7 @@
-"""Model layer: pure torch. Architecture, checkpoint detection, reparameterization."""
+"""Model layer: pure torch. Architecture, checkpoint detection, reparameterization, and the
+architecture's description for spandrel (spandrel_arch.py, imported only where spandrel is).
+
+Imports only torch, safetensors and ..files (file hashes); nothing above it."""
 
 from .arch import RT4KSR
 from .checkpoint import Checkpoint, CheckpointError, load_model, read_checkpoint, save_model

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..fileio import atomic_write, file_sha256
+from ..files.paths import atomic_write, file_sha256
 from .arch import RT4KSR
 from .reparam import reparameterize as fuse
 

@@ -1,10 +1,12 @@
-"""Node layer: thin ComfyUI adapters over the engine (classic node classes, so the headless
-runner can use them without ComfyUI)."""
+"""Node layer: thin ComfyUI adapters over the engine and the video pipeline (classic node
+classes, so the headless runner can use them without ComfyUI).
+
+Imports model, engine, video, files and host (the one bridge to ComfyUI); never runner."""
 
 import importlib.util
 import logging
 
-from .. import comfy_bridge
+from ..host import bridge as comfy_bridge
 from .batch import BATCH_DISPLAY_NAMES, BATCH_NODES
 from .models import RT4KSRModelLoader, RT4KSRReparameterize
 from .upscale import RT4KSRUpscale, RT4KSRUpscaleToSize

@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, brief, inside
-from ..imageio import IMAGE_EXTENSIONS, PNG_LEVEL, ImageReadError, Picture, read_image, write_image
+from ..host import bridge
+from ..files.paths import UnsafePathError, brief, inside
+from ..files.images import IMAGE_EXTENSIONS, PNG_LEVEL, ImageReadError, Picture, read_image, write_image
 from .common import CATEGORY
 
 log = logging.getLogger(__name__)

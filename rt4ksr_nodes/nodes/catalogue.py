@@ -16,9 +16,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
-from .. import comfy_bridge as bridge
-from .. import weights
-from ..fileio import signature
+from ..host import bridge
+from ..files import weights
+from ..files.paths import signature
 from ..model import RT4KSR, load_model
 from ..model.checkpoint import looks_like_rt4ksr
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path, PurePath
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from safetensors import safe_open
 
-from ..fileio import inside
+from ..files.paths import inside
 from ..model import reparameterize, save_model
 from ..model.checkpoint import ARCHITECTURE, holds_model
 from . import catalogue

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from ..engine.device import available_ram, free_memory
 from ..engine.memory import MARGIN, USABLE
 

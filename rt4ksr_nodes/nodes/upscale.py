@@ -7,7 +7,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from ..engine import memory_needed, upscale
 from ..engine.device import resolve_device, resolve_dtype
 from .common import CATEGORY, check_tile, model_input, precision_input, tile_input

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from ..engine import memory_needed
 from .common import CATEGORY, check_tile, model_input, precision_input, tile_input
 from .upscale import compute_device

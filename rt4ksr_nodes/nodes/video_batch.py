@@ -13,8 +13,8 @@ import hashlib
 import logging
 from pathlib import Path, PurePosixPath
 
-from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, inside
+from ..host import bridge
+from ..files.paths import UnsafePathError, inside
 from ..video.detect import VIDEO_EXTENSIONS
 from . import batch
 from .common import CATEGORY

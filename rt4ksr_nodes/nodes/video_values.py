@@ -231,7 +231,7 @@ def save_video(video, target: Path, format=AUTO, codec=AUTO, metadata: dict | No
 def comfy_metadata(prompt, extra_pnginfo) -> dict | None:
     """What core Save Video stores in the container: the prompt and the editor's workflow
     (extra_pnginfo), unless metadata is turned off."""
-    from .. import comfy_bridge as bridge
+    from ..host import bridge
 
     if not bridge.save_metadata():
         return None
@@ -259,7 +259,7 @@ def source_path(video, workdir: Path) -> Path:
 def _has_file(video) -> bool:
     """Whether the video's class gives its own stream source (a file), rather than the base
     class's default, which encodes the frames (ComfyUI's VideoFromComponents, Create Video)."""
-    from .. import comfy_bridge as bridge
+    from ..host import bridge
 
     own = getattr(type(video), "get_stream_source", None)
     base = bridge.video_input_class()

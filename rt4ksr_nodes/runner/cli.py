@@ -22,8 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .. import comfy_bridge as bridge
-from ..fileio import brief, remove_stale_temps
+from ..host import bridge
+from ..files.paths import brief, remove_stale_temps
 from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary, default_jobs
 from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate

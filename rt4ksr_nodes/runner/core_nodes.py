@@ -22,8 +22,8 @@ import torch
 from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError, brief, inside, name_problem, write_first_free
+from ..host import bridge
+from ..files.paths import UnsafePathError, brief, inside, name_problem, write_first_free
 from ..nodes.batch import png_text
 
 log = logging.getLogger(__name__)

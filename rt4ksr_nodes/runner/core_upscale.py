@@ -15,11 +15,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from .. import nodes
 from ..engine import UpscaleCancelled
 from ..engine.device import resolve_device
-from ..fileio import UnsafePathError, inside
+from ..files.paths import UnsafePathError, inside
 from ..model.checkpoint import CheckpointError, fused_from_state_dict, looks_like_rt4ksr, read_state_dict
 
 # The file kinds ComfyUI lists in models/upscale_models/ (folder_paths.supported_pt_extensions).

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from .. import comfy_bridge as bridge
-from ..fileio import UnsafePathError
+from ..host import bridge
+from ..files.paths import UnsafePathError
 from ..nodes.video_values import Components, ComponentsVideo, FileVideo, comfy_metadata, save_video
 from .core_nodes import SaveImage, annotated_path, input_files, save_image_path
 

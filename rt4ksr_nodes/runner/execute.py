@@ -25,9 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from ..engine.cpu import sharing_cores, usable_cores
-from ..fileio import shorten
+from ..files.paths import shorten
 from ..nodes import batch
 from .validate import input_spec, is_link, needed_nodes, output_nodes
 

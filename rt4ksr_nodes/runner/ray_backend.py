@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from .. import comfy_bridge as bridge
+from ..host import bridge
 from .execute import Interrupted, Runner, Summary, _check_interrupt, _Writers, write_error
 from .validate import is_link, needed_nodes
 

@@ -8,7 +8,7 @@ import inspect
 import math
 from dataclasses import dataclass
 
-from ..fileio import brief, shorten
+from ..files.paths import brief, shorten
 
 CONVERTERS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 

@@ -1,6 +1,7 @@
 """Video: a streaming decode -> upscale -> encode pipeline over the engine, on PyAV (FFmpeg's
 libraries; the optional `video` extra). Only what needs PyAV imports it, on first use, so that
-detection and the CLI's arguments work without it."""
+detection and the CLI's arguments work without it. Imports engine and files; the nodes, the
+runner and the CLI build on it."""
 
 from importlib import import_module
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..imageio import IMAGE_EXTENSIONS
+from ..files.images import IMAGE_EXTENSIONS
 from .detect import CONTAINERS, INSTALL_HINT, VIDEO_EXTENSIONS, available, is_video
 
 OUTPUT_EXTENSIONS = tuple(CONTAINERS)  # what --output may name

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..engine import UpscaleCancelled, upscale, upscale_frames
-from ..fileio import atomic_write
+from ..files.paths import atomic_write
 from .codecs import EncodeOptions, EncoderPlan, muxable, plan
 from .detect import INSTALL_HINT, available
 from .errors import VideoError, VideoWarning

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .bench_runner import synthetic_frames
-from .engine import upscale
-from .imageio import Picture, _png16, _tiff16, read_image
-from .model import load_model
+from .runner import synthetic_frames
+from ..engine import upscale
+from ..files.images import Picture, _png16, _tiff16, read_image
+from ..model import load_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .fileio import atomic_write, file_sha256
+from .paths import atomic_write, file_sha256
 
-MANIFEST_PATH = Path(__file__).resolve().parents[1] / "weights" / "manifest.json"
+MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
 CHUNK = 1 << 16
 
 

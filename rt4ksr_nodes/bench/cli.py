@@ -30,13 +30,17 @@ from pathlib import Path
 
 import torch
 
-from . import bench_encoders, bench_ray, bench_runner, bench_speed, bench_video
-from .engine import upscale
-from .engine.prepare import prepared
-from .engine.tiling import Box, context_for, split, window
-from .model import load_model
+from . import encoders as bench_encoders
+from . import ray_scaling as bench_ray
+from . import runner as bench_runner
+from . import speed as bench_speed
+from . import video as bench_video
+from ..engine import upscale
+from ..engine.prepare import prepared
+from ..engine.tiling import Box, context_for, split, window
+from ..model import load_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENGINE_CASES = ((2, 1920, 1080), (3, 1280, 720))
 TILE = 256
 

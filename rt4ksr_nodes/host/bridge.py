@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .weights import weights_dir
+from ..files.weights import weights_dir
 
 MODEL_FOLDER = "rt4ksr"
 UPSCALE_FOLDER = "upscale_models"

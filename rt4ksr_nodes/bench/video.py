@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RSS_SLACK_MB = 64
 
 
@@ -75,11 +75,11 @@ def _stages(model, clip: Path, work: Path, args) -> dict[str, tuple[float, float
     """Each stage alone: {name: (frames/s, CPU s/frame)}."""
     import av
 
-    from .engine import upscale_frames
-    from .video.codecs import EncodeOptions, plan
-    from .video.pipeline import add_video_stream
-    from .video.pixels import from_rgb, to_rgb
-    from .video.source import probe
+    from ..engine import upscale_frames
+    from ..video.codecs import EncodeOptions, plan
+    from ..video.pipeline import add_video_stream
+    from ..video.pixels import from_rgb, to_rgb
+    from ..video.source import probe
 
     source = probe(clip)
     encoder = plan(source, model.scale, EncodeOptions(codec=args.codec), work / "stage.mp4", "model")
@@ -117,7 +117,7 @@ def _stages(model, clip: Path, work: Path, args) -> dict[str, tuple[float, float
 
 def _end_to_end(clip: Path, out: Path, args) -> dict:
     """upscale_video in a fresh process: {fps, frames, rss_mb}."""
-    command = [sys.executable, "-m", "rt4ksr_nodes.bench_video", str(clip), str(out), args.codec,
+    command = [sys.executable, "-m", "rt4ksr_nodes.bench.video", str(clip), str(out), args.codec,
                args.device, args.precision, str(Path(args.weights) / "rt4ksr_x2.pth")]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
@@ -128,8 +128,8 @@ def _end_to_end(clip: Path, out: Path, args) -> dict:
 
 def _child(argv: list[str]) -> None:
     """One end-to-end run, reported as JSON (the process's own peak RSS)."""
-    from .model import load_model
-    from .video.pipeline import upscale_video
+    from ..model import load_model
+    from ..video.pipeline import upscale_video
 
     clip, out, codec, device, precision, weights = argv
     model = load_model(weights)
@@ -142,8 +142,8 @@ def _child(argv: list[str]) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from .engine.device import resolve_device
-    from .model import load_model
+    from ..engine.device import resolve_device
+    from ..model import load_model
 
     width, height = (int(side) for side in args.size.lower().split("x"))
     short, long = (int(count) for count in args.frames.split(","))

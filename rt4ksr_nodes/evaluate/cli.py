@@ -35,13 +35,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from . import weights
-from . import cli_args
-from .fileio import atomic_write, sigterm_as_interrupt, stopped_by, unwritable
-from .imageio import IMAGE_EXTENSIONS, image_size, read_image
+from ..files import weights
+from ..cli import args as cli_args
+from ..files.paths import atomic_write, sigterm_as_interrupt, stopped_by, unwritable
+from ..files.images import IMAGE_EXTENSIONS, image_size, read_image
 from .imresize import imresize_uint8
 from .metrics import BT601_Y, SSIM_WINDOW, UPSTREAM_Y, measure, to_uint8
-from .model import load_model
+from ..model import load_model
 
 DEGRADATIONS = ("bicubic", "ntire23")
 JPEG_QUALITY = 90

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .engine.device import resolve_device
+from ..engine.device import resolve_device
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 

@@ -46,13 +46,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine.accel import COMPILE_AFTER, GRAPH_AFTER, compile_policy
-from .engine import cpu
-from .engine.device import resolve_device, resolve_dtype
-from .engine.inference import make_tiler, network_input
-from .engine.prepare import accelerated
-from .engine.stream import upscale_frames
-from .model import load_model
+from ..engine.accel import COMPILE_AFTER, GRAPH_AFTER, compile_policy
+from ..engine import cpu
+from ..engine.device import resolve_device, resolve_dtype
+from ..engine.inference import make_tiler, network_input
+from ..engine.prepare import accelerated
+from ..engine.stream import upscale_frames
+from ..model import load_model
 
 CASES = ((2, 1920, 1080), (3, 1280, 720))
 FORMS = ("upstream", "train", "fused", "engine")

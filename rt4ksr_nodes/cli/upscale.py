@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import weights
-from .cli_args import checkpoint, device, non_negative_int
-from .engine import ALPHA_MODES, UpscaleError, upscale
-from .engine.device import PRECISION_CHOICES
-from .engine.tiling import MIN_TILE
-from .fileio import remove_stale_temps, sigterm_as_interrupt, stopped_by, unwritable
-from .imageio import (
+from ..files import weights
+from .args import checkpoint, device, non_negative_int
+from ..engine import ALPHA_MODES, UpscaleError, upscale
+from ..engine.device import PRECISION_CHOICES
+from ..engine.tiling import MIN_TILE
+from ..files.paths import remove_stale_temps, sigterm_as_interrupt, stopped_by, unwritable
+from ..files.images import (
     DEFAULT_MAX_PIXELS,
     FRAMES_FORMATS,
     IMAGE_EXTENSIONS,
@@ -42,8 +42,8 @@ from .imageio import (
     write_frames,
     write_image,
 )
-from .model import CheckpointError, load_model
-from .video import cli as video
+from ..model import CheckpointError, load_model
+from ..video import cli as video
 
 # How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
 OUTPUT_NAME = re.compile(r"--\d+x$")

@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import comfy_bridge as bridge
-from .engine.cpu import usable_cores
-from .imageio import Picture, _quantise, _write
-from .nodes import upscale as upscale_node
-from .nodes.batch import FORMATS, RT4KSRLoadImageFolder
-from .nodes.models import RT4KSRModelLoader
-from .runner import registry
-from .runner.execute import Runner, default_jobs
+from ..host import bridge
+from ..engine.cpu import usable_cores
+from ..files.images import Picture, _quantise, _write
+from ..nodes import upscale as upscale_node
+from ..nodes.batch import FORMATS, RT4KSRLoadImageFolder
+from ..nodes.models import RT4KSRModelLoader
+from ..runner import registry
+from ..runner.execute import Runner, default_jobs
 
 DEFAULT_FORMATS = "png:1,png:4,webp lossless"
 
@@ -228,7 +228,7 @@ def run_cli_per_file(root: Path, device: str | None) -> tuple[float, int]:
     start = time.perf_counter()
     for frame in frames:
         subprocess.run([*command, "--input", str(frame)], check=True, capture_output=True,
-                       cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
+                       cwd=Path(__file__).resolve().parents[2], env=dict(os.environ))
     return time.perf_counter() - start, len(list(out.glob("*.png")))
 
 

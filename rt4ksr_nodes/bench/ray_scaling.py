@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import comfy_bridge as bridge
-from .bench_runner import folder_prompt, input_frames
-from .runner import registry
-from .runner.execute import Runner
+from ..host import bridge
+from .runner import folder_prompt, input_frames
+from ..runner import registry
+from ..runner.execute import Runner
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def _on_cluster(nodes: int, root: Path) -> tuple[float, float, int]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from .runner.ray_backend import RayRunner
+    from ..runner.ray_backend import RayRunner
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "node_ip_address": "127.0.0.1", "num_cpus": 0, "include_dashboard": False})
@@ -65,7 +65,7 @@ def _on_cluster(nodes: int, root: Path) -> tuple[float, float, int]:
 
 
 def main(args: argparse.Namespace) -> None:
-    from .runner.ray_backend import require_ray
+    from ..runner.ray_backend import require_ray
 
     require_ray()  # keeps Ray on the loopback address; says how to install it when missing
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
