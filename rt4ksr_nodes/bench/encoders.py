@@ -65,7 +65,7 @@ def _encoders(wide: bool) -> list[tuple[str, object]]:
     if wide:
         rows += [(f"PNG, this pack (stdlib zlib) level {level}", lambda s, level=level: _png16(s, None, {}, level))
                  for level in (1, 4)]
-        rows.append(("TIFF uncompressed, this pack", lambda s: _tiff16([(s, None)])))
+        rows.append(("TIFF uncompressed, this pack", lambda s: b"".join(_tiff16([(s, None)]))))
         if importlib.util.find_spec("tifffile"):
             rows.append(("TIFF uncompressed, tifffile", _tifffile))
     else:

@@ -264,7 +264,7 @@ def write_frames(path: str | os.PathLike, frames: Iterable[Picture], timing: Tim
             raise ValueError(f"{path}: cannot mix 16-bit colour pages with other pages in a TIFF")
         if pages and all(wide):
             with atomic_write(path, overwrite=overwrite) as out:
-                out.write(_tiff16([(_quantise(p.pixels, 16), p.icc_profile) for p in pages]))
+                out.writelines(_tiff16([(_quantise(p.pixels, 16), p.icc_profile) for p in pages]))
             return
         images = [_with_icc(_pillow_image(p.pixels, p.bits), p) for p in pages]
     elif suffix == ".gif":
@@ -433,7 +433,7 @@ def _write(out: BinaryIO, path: Path, suffix: str, picture: Picture, quality: in
         out.write(_png16(_quantise(pixels, 16), icc, text, compress_level))
         return
     if wide and channels > 1:
-        out.write(_tiff16([(_quantise(pixels, 16), icc)]))
+        out.writelines(_tiff16([(_quantise(pixels, 16), icc)]))
         return
     image = _pillow_image(pixels, 16 if wide else 8)
     options = {"icc_profile": icc} if icc else {}
@@ -511,19 +511,20 @@ def _png16(samples: np.ndarray, icc: bytes | None, text: dict[str, str], level: 
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
 
 
-def _tiff16(pages: list[tuple[np.ndarray, bytes | None]]) -> bytes:
+def _tiff16(pages: list[tuple[np.ndarray, bytes | None]]) -> list:
     """An uncompressed little-endian baseline TIFF of 16-bit RGB or RGBA pages, each given as
-    (H x W x C samples, ICC profile or None)."""
+    (H x W x C samples, ICC profile or None), as the buffers to write one after the other (the
+    samples are not copied)."""
     # Layout: header (8 bytes), every page's blobs (word-aligned), then the IFDs, one per
     # page, each pointing at the next.
     blobs, page_entries, position = [], [], 8
     for samples, icc in pages:
         height, width, channels = samples.shape
-        data = samples.astype("<u2").tobytes()
+        data = np.ascontiguousarray(samples, dtype="<u2").data.cast("B")  # even: word-aligned
         bits = struct.pack("<" + "H" * channels, *[16] * channels)
         offsets = []
         for blob in [data, bits] + ([icc] if icc else []):
-            blobs.append(blob + b"\0" * (len(blob) % 2))
+            blobs.append(blob if len(blob) % 2 == 0 else bytes(blob) + b"\0")
             offsets.append(position)
             position += len(blobs[-1])
         entries = [
@@ -552,4 +553,4 @@ def _tiff16(pages: list[tuple[np.ndarray, bytes | None]]) -> bytes:
             ifd += struct.pack("<HHI", tag, kind, count)
             ifd += struct.pack("<HH", value, 0) if inline else struct.pack("<I", value)
         ifds.append(ifd + struct.pack("<I", position if number + 1 < len(pages) else 0))
-    return b"II*\0" + struct.pack("<I", first_ifd) + b"".join(blobs) + b"".join(ifds)
+    return [b"II*\0" + struct.pack("<I", first_ifd), *blobs, *ifds]
