@@ -22,7 +22,7 @@ from ground_truth import ROOT
 from runner_helpers import batch_api, folders, scale_api, write_png  # noqa: F401 - fixture
 from rt4ksr_nodes.host import bridge
 from rt4ksr_nodes.files import paths as fileio
-from rt4ksr_nodes.nodes import batch
+from rt4ksr_nodes.nodes import batch, video_batch
 from rt4ksr_nodes.runner import cli, core_nodes, registry
 from rt4ksr_nodes.runner.execute import Runner
 from rt4ksr_nodes.runner.validate import validate
@@ -198,6 +198,25 @@ def test_name_template_allows_only_the_documented_fields(folders, template, mess
     assert message in problems[0].message and len(problems[0].message) < 500
 
 
+@pytest.mark.parametrize("template,message", [
+    ("{stem:>10000000}", "'{stem:>10000000}' is not allowed"),
+    ("{stem.__class__}", "'{stem.__class__}' is not allowed"),
+    ("{stem!r}", "'{stem!r}' is not allowed"),
+    ("..", "the file name is '..'"),
+    ("a/{stem}", "cannot contain /"),
+])
+def test_video_batch_names_follow_the_image_batch_rules(folders, template, message):
+    problem = video_batch.RT4KSRSaveVideoBatch.VALIDATE_INPUTS(name_template=template, subfolder="")
+    assert problem is not True and message in problem and len(problem) < 500
+
+
+def test_video_batch_linked_path_stays_in_the_subfolder(folders):
+    saver = video_batch.RT4KSRSaveVideoBatch
+    with pytest.raises(ValueError, match="leads outside"):
+        saver.target("sub/../../x.mp4", "{stem}", "shelf", "mp4")
+    assert saver.target("sub/../y.mp4", "{stem}", "shelf", "mp4") == (folders[1] / "shelf" / "y.mp4").resolve()
+
+
 def test_a_long_source_name_is_refused_before_compute(folders):
     write_png(folders[0] / ("n" * 250 + ".png"), (8, 8))
     summary = Runner(batch_api(), registry.node_classes()).run()
@@ -279,7 +298,7 @@ STOPPABLE = """
 import sys, time
 from pathlib import Path
 from rt4ksr_nodes.host import bridge
-from rt4ksr_nodes.nodes import batch
+from rt4ksr_nodes.nodes import batch, video_batch
 from rt4ksr_nodes.runner import cli, registry
 
 BUSY, COMPUTE, WRITE, CHECKS = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "checks"

@@ -360,14 +360,8 @@ class RT4KSRSaveImageBatch:
 
     @classmethod
     def targets(cls, path, name_template, subfolder, format, count=1, width=0, height=0) -> list[Path]:
-        """Where the images for source `path` go (numbered -0, -1, … for a batch of several):
-        `subfolder` of the output folder, then the source's own folder inside it."""
-        source = PurePosixPath(path)
-        stem = _render(name_template, stem=source.stem, ext=source.suffix[1:], width=width, height=height)
-        names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
-        base = inside(bridge.directory("output"), subfolder or ".")
-        # inside() again: a source path with .. stays in subfolder, and too long names are refused.
-        return [inside(base, str(source.parent / (name + FORMATS[format]))) for name in names]
+        """Where the images for source `path` go (numbered -0, -1, … for a batch of several)."""
+        return output_paths(path, name_template, subfolder, FORMATS[format], count, width, height)
 
     @classmethod
     def VALIDATE_INPUTS(cls, name_template=None, subfolder=None, format=None, bit_depth=None):
@@ -393,7 +387,7 @@ class RT4KSRSaveImageBatch:
     def output_complete(cls, path, name_template, subfolder, format, **_) -> bool:
         """True when this source's output exists (the runner's --resume); only single images
         with names free of {width}/{height} can be known before the image is computed."""
-        if {"width", "height"} & set(_fields(name_template)):
+        if size_dependent(name_template):
             return False
         return all(target.is_file() for target in cls.targets(path, name_template, subfolder, format))
 
@@ -531,6 +525,24 @@ def _job(target: Path, picture: Picture, format: str, quality: int, text: dict[s
 def _exists(target: Path) -> str:
     return (f"{target} already exists; set overwrite to replace it, or skip finished items (the runner's "
             "--resume)")
+
+
+def output_paths(path: str, name_template: str, subfolder: str, extension: str, count: int = 1,
+                 width: int = 0, height: int = 0) -> list[Path]:
+    """Where a folder batch saves the outputs of source `path` (numbered -0, -1, … when there
+    are several): `subfolder` of the output folder, then the source's own folder inside it,
+    named by `name_template` (only the documented fields) plus `extension`."""
+    source = PurePosixPath(path)
+    stem = _render(name_template, stem=source.stem, ext=source.suffix[1:], width=width, height=height)
+    names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(count)]
+    base = inside(bridge.directory("output"), subfolder or ".")
+    # inside() again: a source path with .. stays in subfolder, and too long names are refused.
+    return [inside(base, str(source.parent / (name + extension))) for name in names]
+
+
+def size_dependent(name_template: str) -> bool:
+    """Whether the names `name_template` gives depend on the output's size (known only then)."""
+    return bool({"width", "height"} & set(_fields(name_template)))
 
 
 def _fields(template: str) -> list[str]:

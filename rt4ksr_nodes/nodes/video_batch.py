@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..host import bridge
 from ..files.paths import UnsafePathError, inside
@@ -148,14 +148,8 @@ class RT4KSRSaveVideoBatch:
 
     @classmethod
     def target(cls, path, name_template, subfolder, container, width=0, height=0) -> Path:
-        source = PurePosixPath(path)
-        try:
-            stem = name_template.format(stem=source.stem, ext=source.suffix[1:], width=width, height=height)
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(f"name_template {name_template!r}: {error!r} is not a known field; use {{stem}}, "
-                             "{ext}, {width} and {height}") from None
-        folder = PurePosixPath(subfolder or ".") / source.parent
-        return inside(bridge.directory("output"), str(folder / f"{stem}.{container}"))
+        """Named as Save Image Batch names its images (batch.output_paths)."""
+        return batch.output_paths(path, name_template, subfolder, f".{container}", 1, width, height)[0]
 
     @classmethod
     def VALIDATE_INPUTS(cls, name_template=None, subfolder=None):
@@ -172,7 +166,7 @@ class RT4KSRSaveVideoBatch:
     def output_complete(cls, path, name_template, subfolder, container, **_) -> bool:
         """The clip's output exists (the runner's --resume); unknown while the name depends on
         the size."""
-        if "{width}" in name_template or "{height}" in name_template:
+        if batch.size_dependent(name_template):
             return False
         return cls.target(path, name_template, subfolder, container).is_file()
 
