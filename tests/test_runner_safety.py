@@ -416,7 +416,7 @@ def test_an_output_folder_that_cannot_be_made_is_a_usage_error(folders, tmp_path
     path = workflow(tmp_path, scale_api())
     assert main(input_dir, tmp_path / "blocker" / "out", path, "--json") == 2
     assert events(capsys) == [{"event": "error", "message":
-                               f"--output-dir {tmp_path / 'blocker' / 'out'}: cannot write there: "
+                               f"--output-dir: cannot write into {tmp_path / 'blocker' / 'out'}: "
                                f"{tmp_path / 'blocker'} is a file, not a folder"}]
 
 

@@ -18,18 +18,17 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 from ..host import bridge
-from ..files.paths import brief, remove_stale_temps
+from ..files.paths import brief, remove_stale_temps, unwritable
 from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary, default_jobs
 from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate
 
 OK, FAILED, INVALID = 0, 1, 2
-STOPPED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
+STOPPED = {s: 128 + s for s in (signal.SIGINT, signal.SIGTERM)}  # 130, 143: as a shell reports them
 
 
 class UsageError(ValueError):
@@ -151,16 +150,12 @@ def run() -> None:
 
 
 def _check_writable(folder: Path) -> None:
-    """Create the output folder and write a file in it, before any work: a folder that cannot
-    hold the results is a usage error, not a failure of every item after its compute."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker else (error.strerror or str(error))
-        raise UsageError(f"--output-dir {folder}: cannot write there: {why}") from None
+    """Refuse, before any work, an output folder that cannot hold the results (a usage error,
+    not a failure of every item after its compute), then create it."""
+    problem = unwritable(folder)
+    if problem:
+        raise UsageError(f"--output-dir: {problem}")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _configure(args) -> None:
