@@ -65,6 +65,7 @@ class RayRunner(Runner):
                  **options):
         super().__init__(prompt, classes, **options)
         self.address, self.workers = address, workers
+        self.requested_jobs = options.get("jobs")  # the driver's default would not fit a worker
 
     def stop_now(self) -> bool:
         super().stop_now()
@@ -94,7 +95,7 @@ class RayRunner(Runner):
         needed = needed_nodes(self.prompt, downstream)
         job = {
             "prompt": self.prompt, "outputs": self.outputs, "extra_pnginfo": self.extra_pnginfo,
-            "jobs": self.jobs, "source": source,
+            "source": source,
             "arguments": arguments, "sinks": self.sinks, "downstream": downstream,
             # What the items need of the run-once part (the model), without its outputs: written once, above.
             "static": [n for n in static_nodes if n in needed and not getattr(self._class(n), "OUTPUT_NODE", False)],
@@ -123,7 +124,9 @@ class RayRunner(Runner):
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         pool = ray.data.ActorPoolStrategy(size=self.workers or max(1, slots))
         gate = _gate(ray)
-        job = {**job, "gate": gate}
+        # Writer threads per worker: as asked, else one on a CPU worker (it holds one CPU), else
+        # the default of the GPU worker's own machine.
+        job = {**job, "gate": gate, "jobs": self.requested_jobs or (None if gpus else 1)}
         # One item per block and per call: items spread evenly and a lost worker loses one item each.
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             _Worker, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool, **resources)
@@ -229,7 +232,7 @@ class _Worker:
         self.static, ui = {}, []
         for node_id in job["static"]:
             self.runner._run_node(node_id, self.static, ui)
-        self.writers = _Writers(job["jobs"])
+        self.writers = _Writers(self.runner.jobs)
         self.kill, self.count, self.gate = job["kill"], 0, job["gate"]
         import ray
 
