@@ -48,7 +48,7 @@ from ..video import cli as video
 # How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
 OUTPUT_NAME = re.compile(r"--\d+x$")
 EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")  # read and written
-OK, FAILED, USAGE = 0, 1, 2  # and 130 / 143 when stopped (fileio.stopped_by)
+OK, FAILED, USAGE = 0, 1, 2  # and 130 / 143 when stopped (files.paths.stopped_by)
 
 
 class UsageError(Exception):
@@ -141,7 +141,7 @@ def _upscale_all(parser: argparse.ArgumentParser, args, tally: Counter) -> int:
     tally["unusable"], tally["jobs"] = len(problems), len(jobs)
     if not args.benchmark:
         for folder in sorted({job.destination.parent for job in jobs}):
-            for temp in remove_stale_temps(folder):
+            for temp in remove_stale_temps(folder, recursive=False):  # the CLI writes only here
                 print(f"removed {temp}, left behind by a killed run", file=sys.stderr)
     for job in jobs:
         tally[run_job(model, job, args)] += 1

@@ -106,14 +106,15 @@ def write_first_free(names: Iterable[Path], write: Callable[[BinaryIO], None]) -
     return taken[0]
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that killed writers of this pack left in `folder` and its
-    subfolders (those of writers still at work are locked and kept); returns them. Without
-    file locks (Windows) nothing is removed."""
+def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files that killed writers of this pack left in `folder` (and its
+    subfolders when `recursive`); those of writers still at work are locked and kept. Returns
+    them. Without file locks (Windows) nothing is removed."""
     removed = []
     if fcntl is None:
         return removed
-    for root, _, files in os.walk(folder):
+    walk = os.walk(folder) if recursive else [next(os.walk(folder), (folder, [], []))]
+    for root, _, files in walk:
         for name in files:
             if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
                 continue
