@@ -313,7 +313,7 @@ class _Job:
                 yield item.pixels
 
         if self.rgb_format == "rgb24":  # the engine's streaming path (overlapped copies on CUDA)
-            results = (out.numpy() for out in upscale_frames(model, frames(), **engine_options))
+            results = (out.numpy() for out in upscale_frames(model, frames(), cancel=cancel, **engine_options))
         else:
             results = (_upscale_wide(model, pixels, alpha, cancel, engine_options) for pixels in frames())
         for pixels in results:
