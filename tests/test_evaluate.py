@@ -134,6 +134,15 @@ def test_cli_writes_csv_and_json(tmp_path, capsys):
     assert {r["lr"] for r in report["results"]} == {"generated"}
 
 
+def test_given_lr_is_found_for_a_stem_with_glob_characters(tmp_path):
+    root = tmp_path / "testsets" / "Odd"
+    hr = smooth_image(40, 48, 5)
+    write_png(root / "HR" / "img[1].png", hr)
+    write_png(root / "LR_bicubic_x2" / "img[1].png", imresize_uint8(hr, Fraction(1, 2)))
+    bench = ev.find_benchmark(root)
+    assert bench.lr_path(bench.hr_paths[0], 2) == root / "LR_bicubic_x2" / "img[1].png"
+
+
 def test_benchmark_layout_uses_given_lr_by_stem(tmp_path, fused_models):
     root = tmp_path / "testsets" / "Tiny"
     hr_a, hr_b = smooth_image(40, 48, 5), smooth_image(36, 44, 6)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import io
 import json
 import math
@@ -68,7 +69,7 @@ class Benchmark:
         if folder is None:
             return None
         for stem in (hr_path.stem, f"{hr_path.stem}x{scale}"):
-            for path in sorted(folder.glob(f"{stem}.*")):
+            for path in sorted(folder.glob(f"{glob.escape(stem)}.*")):  # a stem may hold [ or *
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     return path
         return None
@@ -395,6 +396,3 @@ def main(argv: list[str] | None = None) -> int:
             out.write(report_json(settings(args, models), summary).encode("utf-8"))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
