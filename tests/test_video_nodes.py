@@ -151,7 +151,7 @@ def test_get_components_materialises_with_a_warning(model, rgb_clip, caplog):
 
 
 def test_get_components_past_memory_refuses_before_work(model, rgb_clip, monkeypatch):
-    monkeypatch.setattr(video_node, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(video_node, "available_ram", lambda: 100_000)
     monkeypatch.setattr(UpscaledVideo, "_render", lambda *a: pytest.fail("computed"))
     with pytest.raises(MemoryError, match="5 frames of 80x64.*connect the VIDEO to Save Video"):
         lazy(model, FileVideo(rgb_clip)).get_components()

@@ -21,6 +21,8 @@ import torch
 
 from ..host import bridge
 from ..engine import memory_needed
+from ..engine.device import available_ram
+from ..engine.memory import USABLE
 from .common import CATEGORY, check_tile, model_input, precision_input, tile_input
 from .upscale import compute_device
 from .video_values import AUTO, FileVideo, choice, source_path, tags
@@ -31,7 +33,6 @@ NAME = "Upscale Video (RT4KSR)"
 MP4_FORMAT_NAME = "mov,mp4,m4a,3gp,3g2,mj2"
 # Materialising: the decoded 8-bit frames and the float32 IMAGE, per sample.
 BYTES_PER_SAMPLE = 5
-MEMORY_SHARE = 0.8  # of the memory available, at most, for get_components
 DEFAULT_CRF = -1  # the codec's own transparent default
 
 
@@ -118,9 +119,9 @@ class UpscaledVideo:
             width, height = self.get_dimensions()
             frames = info.frames or 0
             needed = frames * width * height * 3 * BYTES_PER_SAMPLE
-            available = available_memory()
+            available = available_ram()
             size = f"{frames} frames of {width}x{height}"
-            if needed > MEMORY_SHARE * available:
+            if needed > USABLE * available:  # the engine's share of free memory
                 raise MemoryError(
                     f"{NAME}: the node after it asks for every frame at once ({size}: "
                     f"{needed / 2**30:.1f} GiB), more than the {available / 2**30:.1f} GiB of memory "
@@ -169,15 +170,6 @@ class UpscaledVideo:
                                    output_device="cpu")
         bridge.free_memory(needed, device)
         return device
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (psutil when installed, as in ComfyUI; else free pages)."""
-    try:
-        import psutil
-    except ImportError:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return psutil.virtual_memory().available
 
 
 def check_crf(codec: str, crf: int) -> bool | str:
