@@ -1,4 +1,4 @@
-"""`python -m rt4ksr_nodes.upscale ...` runs the quick-inference CLI (upscale_cli).
+"""`python -m rt4ksr_nodes.upscale ...` runs the quick-inference CLI (cli/upscale.py).
 
 The name is also the package's `upscale()` function. Importing this module would make Python bind
 the package attribute `rt4ksr_nodes.upscale` to the module, so the module is made callable as

@@ -5,7 +5,3 @@ runner.py (the headless folder batch, stage by stage), encoders.py (image encode
 ray_scaling.py (1 and 2 Ray worker nodes) and video.py (the streamed video pipeline) measure one
 part each. May import every other part of the package; nothing imports it.
 """
-
-from .cli import main
-
-__all__ = ["main"]

@@ -1,7 +1,7 @@
 """Benchmarks: `python -m rt4ksr_nodes.bench [subcommand]`. Subcommands register in COMMANDS.
 
 all (the default): speed of the train-time form, the fused form and the engine at x2 1080p and
-x3 720p -> 4K, model only and end to end, checked against fp32; see bench_speed.py.
+x3 720p -> 4K, model only and end to end, checked against fp32; see speed.py.
 
 engine: the engine's own network run bare on the whole frame against upscale() on the whole
 frame and with 256-px tiles (tile_size is a tile's core; each interior side adds 16 px of
@@ -9,15 +9,15 @@ context), and the module load_model returns run bare, on synthetic frames, fp32 
 Prints medians and the differences from the engine's bare network.
 
 runner: the headless runner's folder batch per output format, against what its stages cost
-alone (pipeline efficiency), optionally against the CLI per file; see bench_runner.py.
+alone (pipeline efficiency), optionally against the CLI per file; see runner.py.
 
 encoders: the PNG/TIFF/WebP encoders this pack uses against maintained alternatives; see
-bench_encoders.py.
+encoders.py.
 
-ray: the folder batch with --backend ray on 1 and 2 local Ray worker nodes; see bench_ray.py.
+ray: the folder batch with --backend ray on 1 and 2 local Ray worker nodes; see ray_scaling.py.
 
 video: the streaming video pipeline, each stage alone and end to end, with peak memory for a
-short and a long clip; see bench_video.py.
+short and a long clip; see video.py.
 """
 
 from __future__ import annotations
@@ -30,11 +30,7 @@ from pathlib import Path
 
 import torch
 
-from . import encoders as bench_encoders
-from . import ray_scaling as bench_ray
-from . import runner as bench_runner
-from . import speed as bench_speed
-from . import video as bench_video
+from . import encoders, ray_scaling, runner, speed, video
 from ..engine import upscale
 from ..engine.prepare import prepared
 from ..engine.tiling import Box, context_for, split, window
@@ -105,12 +101,12 @@ def engine(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {
-    "all": bench_speed.main,
+    "all": speed.main,
     "engine": engine,
-    "runner": bench_runner.main,
-    "ray": bench_ray.main,
-    "encoders": bench_encoders.main,
-    "video": bench_video.main,
+    "runner": runner.main,
+    "ray": ray_scaling.main,
+    "encoders": encoders.main,
+    "video": video.main,
 }
 
 
@@ -118,22 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rt4ksr_nodes.bench")
     commands = parser.add_subparsers(dest="command")
     all_parser = commands.add_parser("all", help="the speed table (default)")
-    bench_speed.add_arguments(all_parser, str(REPO / "weights"))
+    speed.add_arguments(all_parser, str(REPO / "weights"))
     engine_parser = commands.add_parser("engine", help="engine overhead over the bare model")
     engine_parser.add_argument("--repeat", type=int, default=7)
     engine_parser.add_argument(
         "--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2/x3.pth"
     )
-    bench_runner.add_arguments(commands.add_parser("runner", help="headless folder batch: rates and efficiency per format"))
-    bench_encoders.add_arguments(commands.add_parser("encoders", help="this pack's image encoders vs alternatives"))
-    bench_ray.add_arguments(commands.add_parser("ray", help="--backend ray on 1 and 2 local worker nodes"))
-    bench_video.add_arguments(commands.add_parser("video", help="the video pipeline: stages, end to end, memory"))
+    runner.add_arguments(commands.add_parser("runner", help="headless folder batch: rates and efficiency per format"))
+    encoders.add_arguments(commands.add_parser("encoders", help="this pack's image encoders vs alternatives"))
+    ray_scaling.add_arguments(commands.add_parser("ray", help="--backend ray on 1 and 2 local worker nodes"))
+    video.add_arguments(commands.add_parser("video", help="the video pipeline: stages, end to end, memory"))
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "all")
     args = parser.parse_args(argv)
     COMMANDS[args.command](args)
 
-
-if __name__ == "__main__":
-    main()

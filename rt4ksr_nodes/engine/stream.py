@@ -33,7 +33,7 @@ def upscale_frames(
     cancel: Cancel | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield each H x W x 3 uint8 frame (numpy or CPU tensor) upscaled: sH x sW x 3 uint8 CPU
-    tensors (pinned on CUDA), rounded like imageio (round half to even of 255 * clamp(x)).
+    tensors (pinned on CUDA), rounded like files.images (round half to even of 255 * clamp(x)).
 
     Frames may change size; the tile plan is rebuilt when they do. Same network, padding and
     tiling as upscale(), so the result equals upscale() on the frame / 255, quantised.
@@ -122,7 +122,7 @@ def _to_network(staged: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _quantise(canvas: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
-    # The canvas is already clamped to [0, 1]; fp32 so that 255 * x rounds like imageio's rint.
+    # The canvas is already clamped to [0, 1]; fp32 so that 255 * x rounds like files.images' rint.
     # Whole numbers in [0, 255]: copying them into uint8 loses nothing.
     return into.copy_((canvas.float() * 255).round_())
 

@@ -4,7 +4,3 @@ cli.py is the command; metrics.py the measures (MATLAB's conventions, as the pap
 them); imresize.py MATLAB's bicubic resize, for the low-resolution inputs. Imports model,
 engine, files and cli.args; only scripts import it.
 """
-
-from .cli import main
-
-__all__ = ["main"]

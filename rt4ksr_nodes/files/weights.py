@@ -121,7 +121,7 @@ def _write_verified(release: Release, chunks: Iterable[bytes], dest: Path, origi
 
 
 def is_verified(release: Release, path: Path) -> bool:
-    """Whether `path` is `release` (fileio.file_sha256 hashes each version of a file once)."""
+    """Whether `path` is `release` (paths.file_sha256 hashes each version of a file once)."""
     return path.is_file() and file_sha256(path) == release.sha256
 
 

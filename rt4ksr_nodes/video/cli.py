@@ -1,5 +1,5 @@
 """The quick CLI's video part: `python -m rt4ksr_nodes.upscale --input clip.mp4 --scale 2`
-writes clip--2x.mp4. upscale_cli dispatches here for inputs recognised as video."""
+writes clip--2x.mp4. cli/upscale.py dispatches here for inputs recognised as video."""
 
 from __future__ import annotations
 
