@@ -1,7 +1,7 @@
 """--backend ray on a real multi-node Ray cluster on this machine (a head without CPUs and two
 worker nodes of one CPU each, all on 127.0.0.1): the local backend's files are the reference.
 
-The cluster starts once for the module; the tests skip when Ray is not installed (CI installs
+The cluster (conftest.py) starts once per test session; the tests skip when Ray is not installed (CI installs
 the extra), except the one checking that --backend ray then says how to install it.
 """
 
@@ -23,10 +23,6 @@ from rt4ksr_nodes.bench.runner import folder_prompt
 from rt4ksr_nodes.runner import cli, registry
 from rt4ksr_nodes.runner.execute import Runner
 
-# Before Ray is imported: keep every Ray address on the loopback (see ray_backend.require_ray).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 IMAGES = 40
 
 
@@ -36,30 +32,6 @@ def prompt() -> dict:
     workflow["3"]["inputs"]["precision"] = "fp32"
     workflow["4"]["inputs"]["subfolder"] = "sr"
     return workflow
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'rt4ksr-nodes[ray]')")
-    import ray
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
-
-    assert not ray_constants.ENABLE_RAY_CLUSTER, "Ray was imported before the loopback setting"
-    assert not ray.is_initialized()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "node_ip_address": "127.0.0.1", "num_cpus": 0, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-    try:
-        ray.init(address=cluster.address, _node_ip_address="127.0.0.1")
-        nodes = [n for n in ray.nodes() if n["Alive"]]
-        assert len(nodes) == 3
-        assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}, "Ray must stay on the loopback"
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")

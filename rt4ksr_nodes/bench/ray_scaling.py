@@ -65,7 +65,7 @@ def _on_cluster(nodes: int, root: Path) -> tuple[float, float, int]:
 
 
 def main(args: argparse.Namespace) -> None:
-    from ..runner.ray_backend import require_ray
+    from ..cluster import require_ray
 
     require_ray()  # keeps Ray on the loopback address; says how to install it when missing
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--weights", default=str(REPO / "weights"), help="folder holding rt4ksr_x2.pth")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="ray: the longer clip in segments on 1, then 2 local Ray worker nodes (see video_ray.py)")
+    parser.add_argument("--nodes", default="1,2", help="--backend ray: worker node counts (default 1,2)")
+    parser.add_argument("--segment", type=float, default=1.0,
+                        help="--backend ray: seconds per segment (default 1: a few segments of a short clip)")
 
 
 def synthetic_clip(path: Path, width: int, height: int, frames: int) -> None:
@@ -142,6 +147,10 @@ def _child(argv: list[str]) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.backend == "ray":
+        from . import video_ray
+
+        return video_ray.main(args)
     from ..engine.device import resolve_device
     from ..model import load_model
 

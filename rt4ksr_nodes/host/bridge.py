@@ -39,6 +39,9 @@ class Headless:
     progress_factory: Callable[[], Callable[[int, int], None]] | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
     metadata: bool = True  # embed the workflow in saved PNGs (ComfyUI's --disable-metadata turns it off)
+    # upscale_video's segment, resume and run_segments for long videos (the runner's --segment,
+    # --resume, --backend ray)
+    video_segments: dict = field(default_factory=dict)
 
     def folder(self, name: str) -> Path:
         explicit = {"input": self.input_dir, "output": self.output_dir}
@@ -115,6 +118,13 @@ def progress() -> Callable[[int, int], None] | None:
         bar = utils.ProgressBar(1)
         return lambda done, total: bar.update_absolute(done, total)
     return headless.progress_factory() if headless.progress_factory else None
+
+
+def video_segments() -> dict:
+    """How a long video is cut and where its segments run, as upscale_video's keyword
+    arguments: headless, the runner's; inside a ComfyUI server none (one pass: nothing there
+    would resume a job's segments)."""
+    return {} if _comfy("folder_paths") is not None else dict(headless.video_segments)
 
 
 def video_input_class() -> type | None:

@@ -154,6 +154,7 @@ class UpscaledVideo:
                 device=self._device(), overwrite=True,
                 progress=(lambda done, total: bar(done, total or done)) if bar else None,
                 cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
+                **bridge.video_segments(),
             )
         except VideoError as error:  # raised by Save Video's call: say which node's settings
             raise VideoError(f"{NAME}: {error}") from error

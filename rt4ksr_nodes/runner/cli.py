@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ray_workers is not None and args.ray_workers < 1:
             raise UsageError("--ray-workers must be at least 1")
         if args.backend == "ray":
-            from .ray_backend import RayUnavailable, require_ray
+            from ..cluster import RayUnavailable, require_ray
 
             try:
                 require_ray(args.ray_address)

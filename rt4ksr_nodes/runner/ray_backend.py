@@ -28,32 +28,14 @@ import os
 import time
 from pathlib import Path
 
+from ..cluster import connected, require_ray, slots
 from ..host import bridge
 from .execute import Interrupted, Runner, Summary, _check_interrupt, _Writers, write_error
 from .validate import is_link, needed_nodes
 
-INSTALL_HINT = ("--backend ray needs Ray: pip install 'rt4ksr-nodes[ray]' "
-                "(or pip install 'ray[data]>=2.10' into this environment)")
 # Test-only: "N:MARKER" makes one worker process exit after writing its N-th item, before
 # reporting it, once (MARKER is created first): a worker killed at the worst moment.
 KILL_HOOK = "RT4KSR_TEST_KILL_WORKER"
-
-
-class RayUnavailable(ImportError):
-    pass
-
-
-def require_ray(address: str | None = None):
-    if not address:
-        # A local run stays on the loopback address: otherwise Ray swaps "127.0.0.1" in cluster
-        # addresses for this machine's outward one (the setting is read when Ray is imported).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-        import ray.data  # noqa: F401 - the extra, not only ray core
-    except ImportError as error:
-        raise RayUnavailable(INSTALL_HINT) from error
-    return ray
 
 
 class RayRunner(Runner):
@@ -101,7 +83,7 @@ class RayRunner(Runner):
             "static": [n for n in static_nodes if n in needed and not getattr(self._class(n), "OUTPUT_NODE", False)],
             "settings": _settings(), "kill": os.environ.get(KILL_HOOK),
         }
-        with _connected(ray, self.address):
+        with connected(ray, self.address):
             self._map(ray, rows, job, summary)
 
     def _driver_nodes(self, source: str, static_nodes: list[str]) -> list[str]:
@@ -119,10 +101,9 @@ class RayRunner(Runner):
 
         context = DataContext.get_current()
         context.enable_progress_bars = False  # the runner's own bar (or JSON events) reports progress
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        slots = gpus or int(ray.cluster_resources().get("CPU", 1))
-        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        pool = ray.data.ActorPoolStrategy(size=self.workers or max(1, slots))
+        count, resources = slots(ray)
+        gpus = "num_gpus" in resources
+        pool = ray.data.ActorPoolStrategy(size=self.workers or count)
         gate = _gate(ray)
         # Writer threads per worker: as asked, else one on a CPU worker (it holds one CPU), else
         # the default of the GPU worker's own machine.
@@ -191,28 +172,6 @@ def _settings() -> dict:
     return {"input": str(bridge.directory("input")), "output": str(bridge.directory("output")),
             "models": str(headless.models_dir) if headless.models_dir else None, "device": headless.device,
             "metadata": headless.metadata}
-
-
-class _connected:
-    """ray.init when this process is not connected yet (shut down again at the end)."""
-
-    def __init__(self, ray, address: str | None):
-        self.ray, self.address, self.started = ray, address, False
-
-    def __enter__(self):
-        if not self.ray.is_initialized():
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            if self.address:
-                self.ray.init(address=self.address, log_to_driver=False)
-            else:  # a new private cluster on the loopback address, even when one is running here
-                self.ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                              log_to_driver=False)
-            self.started = True
-        return self
-
-    def __exit__(self, *exc):
-        if self.started:
-            self.ray.shutdown()
 
 
 class _Worker:

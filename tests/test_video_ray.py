@@ -1,0 +1,86 @@
+"""A long video's segments over Ray (video/ray_segments.py) on the local multi-node cluster of
+conftest.py: the local segmented run's file is the reference, byte for byte (the same plan
+gives the same segments, and the join is a stream copy). A worker lost mid-segment and a node
+removed mid-run lose and duplicate nothing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from video_clips import av, decode, pictures, write_clip  # noqa: F401 - av: skips without PyAV
+
+from rt4ksr_nodes.video.pipeline import upscale_video
+
+FRAMES, SEGMENT = 48, 0.5  # 24 fps, a keyframe every 6 frames: 4 segments of 12 frames
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ray_video") / "clip.mp4"
+    write_clip(path, pictures(FRAMES, 40, 56), options={"g": "6", "bf": "2"}, audio=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(clip, fused_models):
+    out = clip.parent / "local.mkv"
+    upscale_video(fused_models[2], clip, out, codec="ffv1", segment=SEGMENT, warn=lambda message: None)
+    return out.read_bytes()
+
+
+def _ray_run(model, clip, out, **options):
+    from rt4ksr_nodes.video.ray_segments import run_on_ray
+
+    seen = []
+    result = upscale_video(model, clip, out, codec="ffv1", segment=SEGMENT, run_segments=run_on_ray(**options),
+                           progress=lambda done, total: seen.append((done, total)), warn=lambda message: None)
+    return result, seen
+
+
+def test_segments_over_two_nodes_give_the_local_file(cluster, clip, reference, fused_models, tmp_path):
+    out = tmp_path / "ray.mkv"
+    result, seen = _ray_run(fused_models[2], clip, out)
+    assert result.frames == FRAMES
+    assert out.read_bytes() == reference
+    assert seen and seen[-1] == (FRAMES, FRAMES)  # the workers' frames, summed on the driver
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert not (tmp_path / ".rt4ksr-segments").exists() or not any((tmp_path / ".rt4ksr-segments").iterdir())
+
+
+def test_a_worker_killed_mid_segment_has_it_redone(cluster, clip, reference, fused_models, tmp_path, monkeypatch):
+    from rt4ksr_nodes.video.ray_segments import KILL_HOOK
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_HOOK, f"2:{marker}")
+    out = tmp_path / "ray.mkv"
+    result, _ = _ray_run(fused_models[2], clip, out)
+    assert marker.exists(), "the worker encoding segment 2 died halfway through it"
+    assert result.frames == FRAMES
+    assert out.read_bytes() == reference
+
+
+def test_a_lost_node_has_its_segment_done_elsewhere(cluster, clip, reference, fused_models, tmp_path):
+    """Removes a worker node (raylet and worker) once frames are being made, so the other node
+    finishes alone, then adds a node back."""
+    from rt4ksr_nodes.video.ray_segments import run_on_ray
+
+    removed = []
+
+    def remove_a_node(done, total):
+        if done and not removed:
+            removed.append(next(iter(cluster.worker_nodes)))
+            threading.Thread(target=cluster.remove_node, args=(removed[0],),
+                             kwargs={"allow_graceful": False}).start()
+
+    out = tmp_path / "ray.mkv"
+    try:
+        result = upscale_video(fused_models[2], clip, out, codec="ffv1", segment=SEGMENT,
+                               run_segments=run_on_ray(), progress=remove_a_node, warn=lambda message: None)
+    finally:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    assert removed
+    assert result.frames == FRAMES
+    assert out.read_bytes() == reference
+
