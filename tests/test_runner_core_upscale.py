@@ -107,7 +107,7 @@ def test_rt4ksr_files_load_without_spandrel(upscale_models, fused_models):
         assert torch.equal(model(image), fused_models[3](image).clamp(0, 1))
 
 
-@pytest.mark.skipif(pack.SPANDREL, reason="spandrel is installed: every architecture it knows loads")
+@pytest.mark.skipif(pack.register_with_spandrel(), reason="spandrel is installed: every architecture it knows loads")
 def test_other_architectures_need_the_spandrel_extra(upscale_models):
     torch.save({"params_ema": {"conv_first.weight": torch.zeros(64, 3, 3, 3)}}, upscale_models / "esrgan.pth")
     verdict = UpscaleModelLoader.VALIDATE_INPUTS("esrgan.pth")

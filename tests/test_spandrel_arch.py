@@ -50,8 +50,9 @@ def foreign_state_dicts() -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def spandrel():
     module = pytest.importorskip("spandrel", reason="spandrel (with torchvision) is not importable here")
-    import rt4ksr_nodes.nodes  # noqa: F401 - registers RT4KSR at import
+    from rt4ksr_nodes.nodes import register_with_spandrel
 
+    assert register_with_spandrel() is True
     return module
 
 
@@ -114,7 +115,11 @@ def test_no_false_positives(spandrel, name):
 
 
 def run_pack_import(pythonpath: str = "") -> subprocess.CompletedProcess:
-    code = "import sys\nimport rt4ksr_nodes.nodes as n\nprint(n.SPANDREL, 'spandrel' in sys.modules)\n"
+    """Imports the pack's nodes headless, then asks for spandrel as a core upscale-model node
+    does; prints whether the import alone imported spandrel, the answer, and whether it is
+    imported then."""
+    code = ("import sys\nimport rt4ksr_nodes.nodes as n\nimported = 'spandrel' in sys.modules\n"
+            "print(imported, n.register_with_spandrel(), 'spandrel' in sys.modules)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
 
@@ -123,7 +128,13 @@ def run_pack_import(pythonpath: str = "") -> subprocess.CompletedProcess:
 def test_pack_import_without_spandrel_never_imports_it():
     result = run_pack_import()
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"] and "spandrel" not in result.stderr
+    assert result.stdout.split() == ["False", "False", "False"] and "spandrel" not in result.stderr
+
+
+def test_headless_pack_import_leaves_spandrel_until_a_core_node_needs_it(spandrel):
+    result = run_pack_import()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "True"]
 
 
 def test_pack_import_with_a_broken_spandrel(tmp_path):
@@ -133,5 +144,5 @@ def test_pack_import_with_a_broken_spandrel(tmp_path):
     (tmp_path / "spandrel" / "__init__.py").write_text("raise ImportError('No module named torchvision')\n")
     result = run_pack_import(str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"]
+    assert result.stdout.split() == ["False", "False", "False"]
     assert "spandrel is installed but cannot be imported (No module named torchvision)" in result.stderr

@@ -27,6 +27,11 @@ def _comfy(module: str):
     return sys.modules.get(module)
 
 
+def in_server() -> bool:
+    """Whether this process is a ComfyUI server."""
+    return _comfy("folder_paths") is not None
+
+
 @dataclass
 class Headless:
     """Stand-ins for ComfyUI's folders and hooks when no server is running."""
@@ -124,7 +129,7 @@ def video_segments() -> dict:
     """How a long video is cut and where its segments run, as upscale_video's keyword
     arguments: headless, the runner's; inside a ComfyUI server none (one pass: nothing there
     would resume a job's segments)."""
-    return {} if _comfy("folder_paths") is not None else dict(headless.video_segments)
+    return {} if in_server() else dict(headless.video_segments)
 
 
 def video_input_class() -> type | None:

@@ -3,6 +3,7 @@ classes, so the headless runner can use them without ComfyUI).
 
 Imports model, engine, video, files and host (the one bridge to ComfyUI); never runner."""
 
+import functools
 import importlib.util
 import logging
 
@@ -14,9 +15,13 @@ from .video import RT4KSRUpscaleVideo
 from .video_batch import VIDEO_BATCH_DISPLAY_NAMES, VIDEO_BATCH_NODES
 
 
+@functools.cache
 def register_with_spandrel() -> bool:
     """Make RT4KSR files load in spandrel (ComfyUI's core upscale-model nodes) when spandrel is
-    installed; spandrel is never imported when it is absent. True when spandrel is usable."""
+    installed, once; spandrel is never imported when it is absent. True when spandrel is usable.
+
+    Inside a ComfyUI server this runs at the pack's import; headless only when a core
+    upscale-model node needs it (importing spandrel takes over a second, every runner start)."""
     if importlib.util.find_spec("spandrel") is None:
         return False
     try:
@@ -29,7 +34,8 @@ def register_with_spandrel() -> bool:
 
 
 comfy_bridge.register_model_folder()
-SPANDREL = register_with_spandrel()
+if comfy_bridge.in_server():
+    register_with_spandrel()
 
 NODE_CLASS_MAPPINGS = {
     "RT4KSRModelLoader": RT4KSRModelLoader,

@@ -101,7 +101,7 @@ class UpscaleModelLoader:
             path = upscale_model_path(model_name)
         except (UnsafePathError, FileNotFoundError) as error:
             return str(error)
-        if not nodes.SPANDREL and not looks_like_rt4ksr(path):
+        if not looks_like_rt4ksr(path) and not nodes.register_with_spandrel():
             return (f"{model_name} is not an RT4KSR model; other architectures load through spandrel, "
                     f"which is not installed: {SPANDREL_EXTRA}")
         return True
@@ -109,7 +109,7 @@ class UpscaleModelLoader:
     def load_model(self, model_name):
         path = upscale_model_path(model_name)
         state = read_state_dict(path)
-        if nodes.SPANDREL:
+        if nodes.register_with_spandrel():
             from spandrel import ImageModelDescriptor, ModelLoader
 
             model = ModelLoader().load_from_state_dict(state).eval()
