@@ -184,6 +184,7 @@ def tiled_scale(samples, function, tile: int, overlap: int, scale, progress=None
     output = torch.empty((count, 3, out_h, out_w), device="cpu")
     total = count * tile_steps(width, height, tile, overlap)
     done = 0
+    masks: dict[tuple, torch.Tensor] = {}  # per tile shape: a handful, each built once
 
     def step() -> None:
         nonlocal done
@@ -209,7 +210,10 @@ def tiled_scale(samples, function, tile: int, overlap: int, scale, progress=None
                 left = max(0, min(width - overlap, col))
                 piece = sample.narrow(2, top, min(tile, height - top)).narrow(3, left, min(tile, width - left))
                 result = function(piece).to("cpu")
-                mask = _feather(result, round(overlap * scale))
+                shape = tuple(result.shape)
+                if shape not in masks:
+                    masks[shape] = _feather(result, round(overlap * scale))
+                mask = masks[shape]
                 region = (slice(None), slice(None), slice(round(top * scale), round(top * scale) + mask.shape[2]),
                           slice(round(left * scale), round(left * scale) + mask.shape[3]))
                 total_sum[region] += result * mask
