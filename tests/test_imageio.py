@@ -11,7 +11,7 @@ import pytest
 import tiff16
 from PIL import Image, ImageCms, ImageOps
 
-from rt4ksr_nodes.files.images import ImageReadError, Picture, read_image, write_image
+from rt4ksr_nodes.files.images import ImageReadError, Picture, image_size, read_image, write_image
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -119,6 +119,40 @@ def test_exif_orientation_matches_pillow(tmp_path, orientation):
         expected = np.asarray(ImageOps.exif_transpose(image))
     picture = read_image(tmp_path / "o.png")
     assert np.array_equal(np.rint(picture.pixels * 255).astype(np.uint8), expected)
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, data, CRC)."""
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append(data[at : at + 12 + length])
+        at += 12 + length
+    return chunks
+
+
+@pytest.mark.parametrize("exif_after_pixels", [False, True])
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_image_size_is_the_upright_size_read_image_gives(tmp_path, orientation, exif_after_pixels):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "o.png", exif=exif)
+    if exif_after_pixels:  # legal PNG: Pillow finds it only once the pixels are read
+        data = (tmp_path / "o.png").read_bytes()
+        chunks = _chunks(data)
+        exif_chunk = next(c for c in chunks if c[4:8] == b"eXIf")
+        rest = [c for c in chunks if c is not exif_chunk]
+        (tmp_path / "o.png").write_bytes(data[:8] + b"".join(rest[:-1]) + exif_chunk + rest[-1])
+    height, width = read_image(tmp_path / "o.png").pixels.shape[:2]
+    assert image_size(tmp_path / "o.png") == (width, height) == ((6, 10) if orientation > 4 else (10, 6))
+
+
+def test_image_size_of_a_png_without_exif_decodes_no_pixels(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "plain.png")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded the pixels"))
+    assert image_size(tmp_path / "plain.png") == (10, 6)
 
 
 def test_icc_and_modes_are_kept(tmp_path):

@@ -188,11 +188,12 @@ def plan(
     whose size does not fit its HR image and every HR image that a given LR folder lacks."""
     pairs, skipped, errors = {}, [], []
     for bench in benchmarks:
+        sizes = {hr_path: image_size(hr_path) for hr_path in bench.hr_paths}
         for scale in scales:
             border = scale if crop_border is None else crop_border
             folder, missing = bench.lr_folder(scale), []
             for hr_path in bench.hr_paths:
-                width, height = image_size(hr_path)
+                width, height = sizes[hr_path]
                 lr_path = bench.lr_path(hr_path, scale)
                 if folder is not None and lr_path is None:
                     missing.append(hr_path.name)

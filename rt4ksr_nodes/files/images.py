@@ -84,11 +84,25 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of the image read_image gives (upright), without decoding most files."""
+    """(width, height) of the image read_image gives (upright), without decoding the pixels."""
     with _reading(Path(path), 0) as image:
         width, height = image.size
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        tagged = image.format != "PNG" or "exif" in image.info or _png_has_exif(Path(path))
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1) if tagged else 1
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _png_has_exif(path: Path) -> bool:
+    """Whether a PNG holds an eXIf chunk, from its chunk headers alone: Pillow looks for one
+    after the pixels by decoding them all."""
+    with open(path, "rb") as file:
+        file.seek(8)  # the signature
+        while len(header := file.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"eXIf", b"IEND"):
+                return kind == b"eXIf"
+            file.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    return False
 
 
 def frame_count(path: str | os.PathLike) -> int:
