@@ -5,7 +5,6 @@ the texts CUDA libraries give. What only a GPU can show runs in scripts/gpu_chec
 from __future__ import annotations
 
 import threading
-import warnings
 from contextlib import contextmanager
 from types import SimpleNamespace
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ground_truth import ROOT, checkpoint_path, image_paths, load_rgb
-from rt4ksr_nodes import load_model, save_model
+from rt4ksr_nodes import save_model
 
 
 def released_state_dict(scale: int) -> dict:

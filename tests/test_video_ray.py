@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from video_clips import av, decode, pictures, write_clip  # noqa: F401 - av: skips without PyAV
+from video_clips import av, pictures, write_clip  # noqa: F401 - av: skips without PyAV
 
 from rt4ksr_nodes.video.pipeline import upscale_video
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .runner import synthetic_frames
 from ..engine import upscale
-from ..files.images import Picture, _png16, _tiff16, read_image
+from ..files.images import _png16, _tiff16, read_image
 from ..model import load_model
 
 REPO = Path(__file__).resolve().parents[2]

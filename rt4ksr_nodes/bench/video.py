@@ -151,13 +151,14 @@ def main(args: argparse.Namespace) -> None:
         from . import video_ray
 
         return video_ray.main(args)
+    from ..engine.cpu import usable_cores
     from ..engine.device import resolve_device
     from ..model import load_model
 
     width, height = (int(side) for side in args.size.lower().split("x"))
     short, long = (int(count) for count in args.frames.split(","))
     device = resolve_device(args.device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     model = load_model(Path(args.weights) / "rt4ksr_x2.pth")
     print(f"video x2: {width}x{height} -> {2 * width}x{2 * height}, codec {args.codec}, device {device}, "
           f"{cores} cores, {torch.get_num_threads()} torch threads")

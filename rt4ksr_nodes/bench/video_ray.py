@@ -58,6 +58,7 @@ def _on_cluster(nodes: int, model, clip: Path, out: Path, args) -> dict:
 
 def main(args) -> None:
     from ..cluster import require_ray
+    from ..engine.cpu import usable_cores
     from ..model import load_model
 
     require_ray()  # keeps Ray on the loopback address; says how to install it when missing
@@ -72,7 +73,7 @@ def main(args) -> None:
         synthetic_clip(clip, width, height, frames)
         runs = {nodes: _on_cluster(nodes, model, clip, work / f"out{nodes}.mp4", args) for nodes in counts}
     print(f"video x2 on Ray: {frames} frames {width}x{height} -> {2 * width}x{2 * height} at 24 fps, "
-          f"segments of {args.segment} s, codec {args.codec}, worker nodes of 1 CPU, {os.cpu_count()} cores")
+          f"segments of {args.segment} s, codec {args.codec}, worker nodes of 1 CPU, {usable_cores()} cores")
     print("| worker nodes | segments | frames/s | wall s | segments s | plan + join s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for nodes, run in runs.items():
