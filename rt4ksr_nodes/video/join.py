@@ -30,7 +30,8 @@ def join(job: SegmentJob, handle, encoder_plan: EncoderPlan, source: VideoSource
         first = av.open(str(job.segment_path(0)))
         output = open_output(handle, encoder_plan.muxer)
         try:
-            video = output.add_stream_from_template(first.streams.video[0])
+            # (opaque: the decoder's codec object; an encoder of that name, e.g. for AV1, may not exist)
+            video = output.add_stream_from_template(first.streams.video[0], opaque=True)
             if source.rate:  # as the encoder's (Matroska's frame durations come from it)
                 video.codec_context.framerate = source.rate
             tag_video_stream(video, source, encoder_plan)

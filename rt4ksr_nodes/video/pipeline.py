@@ -43,6 +43,10 @@ Progress = Callable[[int, "int | None"], None]
 Cancel = Callable[[], bool]
 Warn = Callable[[str], None]
 
+# Outputs made in segments (segments.py), each segment a file of the output's own container:
+# these muxers round-trip pts and dts (MP4/MOV exactly, Matroska/WebM in ms, what the output
+# stores anyway). Not AVI: it keeps no pts for B-frames.
+SEGMENTED = ("mp4", "mov", "matroska", "webm")
 QUEUE_FRAMES = 4  # frames waiting between two stages (packets of other streams count too)
 MAX_CORRUPTION_WARNINGS = 20
 # Container tags the muxer writes itself; copying the source's would leave them stale.
@@ -140,7 +144,9 @@ def upscale_video(
         note(f"{dst}: {message}")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists (use --overwrite / overwrite=True to replace it)")
-    if segment:
+    if segment and encoder_plan.muxer not in SEGMENTED:
+        note(f"{dst}: {dst.suffix} outputs are made in one pass, not in segments")
+    elif segment:
         from .workdir import upscale_in_segments
 
         frames = upscale_in_segments(
@@ -416,9 +422,21 @@ def copy_container(source, output, metadata: Mapping[str, str], dst: Path, note:
     chapters and other streams; returns the copied streams by the source's stream index."""
     output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in MUXER_TAGS})
     output.metadata.update(metadata)
-    in_video = main_stream(source)
-    muxer = output.format.name
     copied = {}
+    for stream in copied_streams(source, output.format.name, dst, note):
+        copied[stream.index] = output.add_stream_from_template(stream)
+        copy_tags(stream, copied[stream.index])
+    chapters = source.chapters()
+    if chapters:
+        output.set_chapters(chapters)
+    return copied
+
+
+def copied_streams(source, muxer: str, dst: Path, note: Warn) -> list[av.stream.Stream]:
+    """The source's streams other than the main video that `muxer` takes; VideoError for one it
+    cannot take, unless a data stream (left out, with a note)."""
+    in_video = main_stream(source)
+    streams = []
     for stream in source.streams:
         if stream.type not in COPIED_TYPES or stream.index == in_video.index:
             continue
@@ -429,12 +447,8 @@ def copy_container(source, output, metadata: Mapping[str, str], dst: Path, note:
                 note(f"{dst}: {message}; it is left out")
                 continue
             raise VideoError(f"{dst}: {message}; use a .mkv or .mov output")
-        copied[stream.index] = output.add_stream_from_template(stream)
-        copy_tags(stream, copied[stream.index])
-    chapters = source.chapters()
-    if chapters:
-        output.set_chapters(chapters)
-    return copied
+        streams.append(stream)
+    return streams
 
 
 def _upscale_wide(model, pixels: np.ndarray, alpha: str, cancel, engine_options: dict) -> np.ndarray:

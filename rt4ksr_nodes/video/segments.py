@@ -11,7 +11,6 @@ so the frames of the next GOP that are shown before `end` are still this segment
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from bisect import bisect_left
 from collections.abc import Callable
@@ -27,13 +26,6 @@ from .detect import CONTAINERS
 from .errors import VideoError, VideoWarning
 from .pipeline import Cancel, Progress, Warn, _Job
 from .source import VideoSource, main_stream, open_video, probe
-
-# The segments' container: the output's own, whose muxer round-trips pts and dts (MP4/MOV
-# exactly; Matroska/WebM in ms, what the output stores anyway), except AVI, which keeps no pts
-# for B-frames.
-SEGMENT_MUXERS = {"avi": "matroska"}
-SEGMENT_EXTENSIONS = {"mp4": ".mp4", "mov": ".mov", "matroska": ".mkv", "webm": ".webm"}
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -61,14 +53,12 @@ class SegmentJob:
 
     @property
     def muxer(self) -> str:
-        final = CONTAINERS[self.extension]
-        return SEGMENT_MUXERS.get(final, final)
+        return CONTAINERS[self.extension]
 
     def segment_path(self, index: int) -> Path:
-        return self.workdir / f"segment-{index:05d}{SEGMENT_EXTENSIONS[self.muxer]}"
+        return self.workdir / f"segment-{index:05d}{self.extension}"
 
     def encoder_plan(self, scale: int, source: VideoSource) -> EncoderPlan:
-        """The final output's encoder plan (what the key and the join use)."""
         return plan(source, scale, self.options, Path(f"output{self.extension}"), self.alpha)
 
     def is_done(self, index: int) -> bool:
@@ -155,7 +145,7 @@ def run_segment(model: torch.nn.Module, job: SegmentJob, index: int, *, progress
     count. progress(done in this segment) after each frame."""
     segment = job.segments[index]
     source = probe(job.source)
-    encoder_plan = dataclasses.replace(job.encoder_plan(model.scale, source), muxer=job.muxer)
+    encoder_plan = job.encoder_plan(model.scale, source)
     path = job.segment_path(index)
 
     def note(message: str) -> None:

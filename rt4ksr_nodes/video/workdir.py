@@ -24,9 +24,9 @@ from ..files.paths import TEMP_SUFFIX, atomic_write
 from .codecs import EncodeOptions, EncoderPlan
 from .errors import VideoError
 from .join import join
-from .pipeline import Cancel, Progress, Warn
+from .pipeline import Cancel, Progress, Warn, copied_streams
 from .segments import RunSegments, SegmentJob, plan_segments, run_locally
-from .source import VideoSource
+from .source import VideoSource, open_video
 
 try:
     import fcntl
@@ -43,6 +43,8 @@ def upscale_in_segments(
 ) -> int:
     """Plan, run the segments not finished yet through `run_segments` (default run_locally),
     join them into dst; returns the frames written. See upscale_video."""
+    with open_video(source.path) as container:  # what the join would refuse, refused before the work
+        copied_streams(container, encoder_plan.muxer, dst, note)
     inputs = _key_inputs(model, source, encoder_plan, seconds, alpha, precision)
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     workdir = (dst.parent / ROOT / key).resolve()
@@ -73,7 +75,7 @@ def upscale_in_segments(
             if missing:
                 raise VideoError(f"{workdir}: segments {', '.join(missing)} were not made")
             with atomic_write(dst, overwrite=overwrite) as handle:
-                frames = join(job, handle, encoder_plan, source, options.metadata, dst, note)
+                frames = join(job, handle, encoder_plan, source, options.metadata, dst, _said_before)
         except BaseException:
             kept = sum(map(job.is_done, range(count)))
             if kept:
@@ -84,6 +86,10 @@ def upscale_in_segments(
             raise
     _remove(workdir)
     return frames
+
+
+def _said_before(message: str) -> None:
+    """The join's notes: said before the segments were made."""
 
 
 def _key_inputs(model, source: VideoSource, encoder_plan: EncoderPlan, seconds: float, alpha: str,
