@@ -30,12 +30,18 @@ def join(job: SegmentJob, handle, encoder_plan: EncoderPlan, source: VideoSource
         first = av.open(str(job.segment_path(0)))
         output = open_output(handle, encoder_plan.muxer)
         try:
+            template = first.streams.video[0]
             # (opaque: the decoder's codec object; an encoder of that name, e.g. for AV1, may not exist)
-            video = output.add_stream_from_template(first.streams.video[0], opaque=True)
+            video = output.add_stream_from_template(template, opaque=True)
             if source.rate:  # as the encoder's (Matroska's frame durations come from it)
                 video.codec_context.framerate = source.rate
+            if encoder_plan.muxer in ("mp4", "mov"):  # the sample entry (ProRes' says its profile)
+                video.codec_tag = template.codec_tag
             tag_video_stream(video, source, encoder_plan)
             copy_tags(main_stream(container), video)
+            # The encoder's pixel format, as a single pass gives it to the muxer (WebM writes the
+            # alpha flag from it; demuxers may report VP9 with alpha as without).
+            video.codec_context.pix_fmt = encoder_plan.pix_fmt
             copied = copy_container(container, output, metadata, dst, note)
             output.start_encoding()
             frames = 0

@@ -128,6 +128,8 @@ def upscale_video(
     """
     if not available():
         raise VideoError(INSTALL_HINT)
+    if segment is not None and not 0 <= segment < float("inf"):
+        raise VideoError(f"segment must be 0 or more seconds, got {segment}")
     source, dst = probe(src), Path(dst)
     options = EncodeOptions(codec=codec, crf=crf, preset=preset, metadata=dict(metadata or {}))
     encoder_plan = plan(source, model.scale, options, dst, alpha)
