@@ -213,3 +213,22 @@ def test_sources_that_cannot_be_cut_are_done_in_one_piece(tmp_path, fused_models
     avi = tmp_path / "out.avi"
     upscale_video(fused_models[2], source, avi, segment=0.1, warn=said.append)
     assert said[-1] == f"{avi}: .avi outputs are made in one pass, not in segments"
+
+
+def test_file_cut_mid_gop_plans_only_what_the_decoder_shows(tmp_path, fused_models):
+    whole = tmp_path / "whole.mp4"
+    write_clip(whole, pictures(48, 32, 48), options={"x264-params": "keyint=12:min-keyint=12:scenecut=0:bframes=2"})
+    source = tmp_path / "cut.mkv"  # a recording that starts inside a GOP: its first packets show nothing
+    with av.open(str(whole)) as original, av.open(str(source), "w") as cut:
+        stream = original.streams.video[0]
+        copy = cut.add_stream_from_template(stream)
+        for packet in [p for p in original.demux(stream) if p.size][5:]:
+            packet.stream = copy
+            cut.mux(packet)
+    shown = decode(source)[1]
+    assert 30 <= len(shown) < 43
+    segments = plan_segments(source, 0.4, pytest.fail)
+    assert len(segments) == 3 and sum(s.frames for s in segments) == len(shown) and segments[0].start == shown[0]
+    out = tmp_path / "out.mkv"
+    upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.4, warn=lambda message: None)
+    assert decode(out)[1] == shown

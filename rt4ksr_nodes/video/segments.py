@@ -89,9 +89,12 @@ def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]
     note saying why)."""
     with open_video(path) as container:
         video = main_stream(container)
-        stamps, keys, count, problem = [], [], 0, None
+        stamps, keys, count, problem, keyed = [], [], 0, None, False
         for packet in container.demux(video):
-            if not packet.size or packet.is_discard:  # end-of-stream markers, edit-list trims
+            keyed = keyed or packet.is_keyframe
+            # End-of-stream markers, what precedes the first keyframe (a file cut mid-GOP: the
+            # decoder shows none of it) and edit-list trims are no frames.
+            if not packet.size or not keyed or packet.is_discard:
                 continue
             count += 1
             if packet.pts is None:
@@ -162,7 +165,7 @@ def run_segment(model: torch.nn.Module, job: SegmentJob, index: int, *, progress
         if frames != segment.frames:
             raise VideoError(
                 f"{job.source}: segment {index} has {frames} frames where its packets promise "
-                f"{segment.frames}; upscale this file without segments"
+                f"{segment.frames}; upscale this file in one pass (--segment 0)"
             )
     return frames
 
