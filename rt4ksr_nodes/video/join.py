@@ -13,8 +13,8 @@ from pathlib import Path
 import av
 
 from .codecs import EncoderPlan
-from .pipeline import Warn, close_quietly, copy_container, copy_tags, open_output, tag_video_stream
 from .errors import VideoError
+from .pipeline import Warn, close_quietly, copy_container, copy_tags, open_output, tag_video_stream
 from .segments import SegmentJob
 from .source import VideoSource, main_stream, open_video
 
@@ -45,7 +45,9 @@ def join(job: SegmentJob, handle, encoder_plan: EncoderPlan, source: VideoSource
             copied = copy_container(container, output, metadata, dst, note)
             output.start_encoding()
             frames = 0
-            for packet in heapq.merge(_copied_packets(container, copied), _video_packets(job, video, source.time_base), key=_seconds):
+            merged = heapq.merge(_copied_packets(container, copied), _video_packets(job, video, source.time_base),
+                                 key=_seconds)
+            for packet in merged:
                 frames += packet.stream is video
                 output.mux(packet)
             output.close()

@@ -80,7 +80,9 @@ class SegmentJob:
 
 # Runs the given pending segments of a job, however it likes (run_locally: one after another):
 # (model, job, pending indices, progress(done, total) over them, cancel, warn).
-RunSegments = Callable[[torch.nn.Module, SegmentJob, list[int], "Progress | None", "Cancel | None", "Warn | None"], None]
+RunSegments = Callable[
+    [torch.nn.Module, SegmentJob, list[int], Progress | None, Cancel | None, Warn | None], None
+]
 
 
 def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]:
@@ -125,8 +127,9 @@ def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]
     starts = [first] + [start for start, _ in cuts]
     seeks = [None] + [seek for _, seek in cuts]
     ends = starts[1:] + [None]
+    below = [bisect_left(stamps, start) for start in starts] + [len(stamps)]  # frames before each start
     return tuple(
-        Segment(index, start, end, seek, (len(stamps) if end is None else bisect_left(stamps, end)) - bisect_left(stamps, start))
+        Segment(index, start, end, seek, below[index + 1] - below[index])
         for index, (start, end, seek) in enumerate(zip(starts, ends, seeks))
     )
 

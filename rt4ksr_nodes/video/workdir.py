@@ -81,8 +81,8 @@ def upscale_in_segments(
             if kept:
                 note(f"{kept} of {count} segments are kept in {workdir}: rerun with --resume "
                      "(resume=True) to finish the rest")
-                raise
-            _remove(workdir)
+            else:
+                _remove(workdir)
             raise
     _remove(workdir)
     return frames
