@@ -215,7 +215,7 @@ def test_sources_that_cannot_be_cut_are_done_in_one_piece(tmp_path, fused_models
     assert said[-1] == f"{avi}: .avi outputs are made in one pass, not in segments"
 
 
-def test_file_cut_mid_gop_plans_only_what_the_decoder_shows(tmp_path, fused_models):
+def test_only_frames_the_decoder_shows_are_planned(tmp_path, fused_models):
     whole = tmp_path / "whole.mp4"
     write_clip(whole, pictures(48, 32, 48), options={"x264-params": "keyint=12:min-keyint=12:scenecut=0:bframes=2"})
     source = tmp_path / "cut.mkv"  # a recording that starts inside a GOP: its first packets show nothing
@@ -232,3 +232,12 @@ def test_file_cut_mid_gop_plans_only_what_the_decoder_shows(tmp_path, fused_mode
     out = tmp_path / "out.mkv"
     upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.4, warn=lambda message: None)
     assert decode(out)[1] == shown
+    # An MP4 edit list trimming the first frames (the keyframe among them): decoded, not shown.
+    trimmed = tmp_path / "trimmed.mp4"
+    write_clip(trimmed, pictures(30, 32, 48), pts=list(range(-3, 27)), options={"x264-params": "keyint=8:scenecut=0"})
+    with av.open(str(trimmed)) as container:
+        assert [p.is_discard for p in container.demux(video=0)][:1] == [True]
+    shown = decode(trimmed)[1]
+    assert len(shown) == 27 and sum(s.frames for s in plan_segments(trimmed, 0.3, pytest.fail)) == 27
+    upscale_video(fused_models[2], trimmed, out, codec="ffv1", segment=0.3, overwrite=True)
+    assert len(decode(out)[1]) == 27

@@ -91,12 +91,15 @@ def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]
     note saying why)."""
     with open_video(path) as container:
         video = main_stream(container)
-        stamps, keys, count, problem, keyed = [], [], 0, None, False
+        stamps, keys, count, unkeyed, keyed, problem = [], [], 0, 0, False, None
         for packet in container.demux(video):
+            if not packet.size:  # the demuxer's end-of-stream marker
+                continue
             keyed = keyed or packet.is_keyframe
-            # End-of-stream markers, what precedes the first keyframe (a file cut mid-GOP: the
-            # decoder shows none of it) and edit-list trims are no frames.
-            if not packet.size or not keyed or packet.is_discard:
+            if packet.is_discard:  # an edit list's trim (decoded, not shown)
+                continue
+            if not keyed:  # a file cut mid-GOP: the decoder shows none of it
+                unkeyed += 1
                 continue
             count += 1
             if packet.pts is None:
@@ -105,6 +108,8 @@ def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]
             stamps.append(packet.pts)
             if packet.is_keyframe:
                 keys.append(packet.pts)
+        if not count:  # no keyframe flags at all: the decoder finds its own way in
+            count, problem = unkeyed, "no packet is marked as a keyframe"
         if not count:
             raise VideoError(f"{path}: its video stream has no frames")
         stamps.sort()
