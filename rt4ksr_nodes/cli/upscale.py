@@ -1,10 +1,11 @@
 """Quick-inference CLI: `python -m rt4ksr_nodes.upscale --input image.png --scale 2` (videos
 too: the video part is video/cli.py).
 
-Exit status: 0 when every output was written (or skipped with --skip-existing), 1 when some
-inputs failed (each named on stderr, the others still done), 2 for usage errors and unusable
-checkpoints (found before any image is upscaled), 130 when stopped by Ctrl-C and 143 by
-SIGTERM (outputs already written are complete; the one being made is discarded).
+Exit status: 0 when every output was written (or skipped with --skip-existing / --resume), 1
+when some inputs failed (each named on stderr, the others still done), 2 for usage errors and
+unusable checkpoints (found before any image is upscaled), 130 when stopped by Ctrl-C and 143
+by SIGTERM (outputs already written are complete; the one being made is discarded, except a
+video's finished segments, which --resume keeps).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     existing.add_argument("--skip-existing", action="store_true",
                           help="leave existing outputs as they are (counted as skipped)")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue a stopped run: existing outputs are skipped (with --overwrite: replaced), "
+        "a video's finished segments kept (see --segment)",
+    )
     parser.add_argument(
         "--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS,
         help=f"refuse larger inputs (default {DEFAULT_MAX_PIXELS}, about 13377^2; the frames "
@@ -283,7 +289,7 @@ def run_job(model, job: Job, args) -> str:
         if not job.destination.exists():  # a folder on the way is a file, say
             _report(job.source, error)
             return "failed"
-        if args.skip_existing:
+        if args.skip_existing or args.resume:
             print(f"{job.source}: skipped, {job.destination} exists", file=sys.stderr)
             return "skipped"
         _report(job.source, f"{job.destination} exists (use --overwrite to replace it, "

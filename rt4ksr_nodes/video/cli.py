@@ -11,6 +11,7 @@ from ..files.images import IMAGE_EXTENSIONS
 from .detect import CONTAINERS, INSTALL_HINT, VIDEO_EXTENSIONS, available, is_video
 
 OUTPUT_EXTENSIONS = tuple(CONTAINERS)  # what --output may name
+AUTO_SEGMENT, AUTO_LONGER_THAN = 10.0, 120.0  # --segment's default: seconds per segment, for clips longer than
 CODEC_CHOICES = ("h264", "hevc", "av1", "vp9", "prores", "ffv1", "h264_nvenc", "hevc_nvenc")
 
 
@@ -25,6 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", help="encoder speed/profile: x264/x265 names, SVT-AV1 0-13, VP9 cpu-used 0-8, "
         "ProRes proxy|lt|standard|hq|4444|4444xq, NVENC p1-p7",
     )
+    group.add_argument(
+        "--segment", type=seconds, metavar="SECONDS",
+        help=f"encode in segments of about SECONDS (cut at keyframes), joined at the end; a stopped "
+        f"run keeps the finished ones for --resume. 0 = one pass. Default: {AUTO_SEGMENT:g} s segments "
+        f"for clips longer than {AUTO_LONGER_THAN:g} s, else one pass",
+    )
+
+
+def seconds(text: str) -> float:
+    """--segment's type: 0 or more seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
 
 
 def is_input(path: Path) -> bool:
@@ -61,7 +79,11 @@ def upscale_file(model, source: Path, destination: Path, args: argparse.Namespac
 
     from .errors import VideoError
     from .pipeline import upscale_video
+    from .source import probe
 
+    segment = args.segment
+    if segment is None:
+        segment = AUTO_SEGMENT if (probe(source).duration or 0) > AUTO_LONGER_THAN else 0
     bar = _progress_bar(source, args.progress)
 
     def say(message: str) -> None:
@@ -77,6 +99,7 @@ def upscale_file(model, source: Path, destination: Path, args: argparse.Namespac
             codec=args.codec, crf=args.crf, preset=args.preset,
             tile_size=args.tile, precision=args.precision, device=args.device, alpha=args.alpha,
             overwrite=args.overwrite, progress=progress if bar is not None else None, warn=say,
+            segment=segment, resume=args.resume,
         )
     except av.FFmpegError as error:
         raise VideoError(f"{source}: {error}") from error

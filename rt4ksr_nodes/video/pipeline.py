@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import av
 import av.logging
@@ -35,10 +36,17 @@ from .errors import VideoError, VideoWarning
 from .pixels import from_rgb, to_rgb
 from .source import COPIED_TYPES, VideoSource, decoder, main_stream, open_video, probe
 
+if TYPE_CHECKING:
+    from .segments import RunSegments
+
 Progress = Callable[[int, "int | None"], None]
 Cancel = Callable[[], bool]
 Warn = Callable[[str], None]
 
+# Outputs made in segments (segments.py), each segment a file of the output's own container:
+# these muxers round-trip pts and dts (MP4/MOV exactly, Matroska/WebM in ms, what the output
+# stores anyway). Not AVI: it keeps no pts for B-frames.
+SEGMENTED = ("mp4", "mov", "matroska", "webm")
 QUEUE_FRAMES = 4  # frames waiting between two stages (packets of other streams count too)
 MAX_CORRUPTION_WARNINGS = 20
 # Container tags the muxer writes itself; copying the source's would leave them stale.
@@ -89,6 +97,9 @@ def upscale_video(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     warn: Warn | None = None,
+    segment: float | None = None,
+    resume: bool = False,
+    run_segments: RunSegments | None = None,
 ) -> VideoResult:
     """Upscale the video `src` by `model.scale` into `dst`, streamed.
 
@@ -106,9 +117,19 @@ def upscale_video(
     Checks everything it can before the first frame (VideoError, FileExistsError). dst is
     written through a temporary file renamed at the end: interrupted or failed, nothing is left
     under its name.
+
+    segment: seconds per segment (None or 0: one pass). The clip is cut at keyframes into
+    segments of about that length, each encoded into its own file (in dst's folder, under
+    .rt4ksr-segments/), by `run_segments` (default segments.run_locally, one after another;
+    progress then counts the frames of the segments still to do), then joined into dst
+    without re-encoding. Stopped or failed, the finished segments are kept: `resume=True` keeps
+    them and does the rest; without it they raise VideoError unless overwrite=True, which
+    starts over. See README, "Long videos".
     """
     if not available():
         raise VideoError(INSTALL_HINT)
+    if segment is not None and not 0 <= segment < float("inf"):
+        raise VideoError(f"segment must be 0 or more seconds, got {segment}")
     source, dst = probe(src), Path(dst)
     options = EncodeOptions(codec=codec, crf=crf, preset=preset, metadata=dict(metadata or {}))
     encoder_plan = plan(source, model.scale, options, dst, alpha)
@@ -125,6 +146,17 @@ def upscale_video(
         note(f"{dst}: {message}")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists (use --overwrite / overwrite=True to replace it)")
+    if segment and encoder_plan.muxer not in SEGMENTED:
+        note(f"{dst}: {dst.suffix} outputs are made in one pass, not in segments")
+    elif segment:
+        from .workdir import upscale_in_segments
+
+        frames = upscale_in_segments(
+            model, source, dst, encoder_plan, options, seconds=segment, alpha=alpha, tile_size=tile_size,
+            precision=precision, device=device, overwrite=overwrite, resume=resume, run_segments=run_segments,
+            progress=progress, cancel=cancel, note=note,
+        )
+        return VideoResult(dst, frames, tuple(said))
     with atomic_write(dst, overwrite=overwrite) as handle:
         job = _Job(source, encoder_plan, options, dst, note)
         frames = job.run(handle, model, dict(tile_size=tile_size, precision=precision, device=device),
@@ -132,12 +164,22 @@ def upscale_video(
     return VideoResult(dst, frames, tuple(said))
 
 
+class Window(Protocol):
+    """The frames a segment holds (segments.Segment): pts from `start` to before `end` (None:
+    to the end), decoded from the keyframe at `seek` (None: from the start)."""
+
+    start: int
+    end: int | None
+    seek: int | None
+
+
 class _Job:
     """One source through one encoder plan into one output file."""
 
     def __init__(self, source: VideoSource, encoder_plan: EncoderPlan, options: EncodeOptions,
-                 dst: Path, note: Warn) -> None:
+                 dst: Path, note: Warn, window: Window | None = None) -> None:
         self.source, self.plan, self.options, self.dst, self.note = source, encoder_plan, options, dst, note
+        self.window = window  # a segment's frames only, its video stream only
         wide = source.layout.wide or encoder_plan.layout.wide
         # The RGB(A) format the model stage sees: alpha only when the output keeps it.
         self.rgb_format = (
@@ -152,15 +194,15 @@ class _Job:
     def run(self, handle, model, engine_options: dict, alpha: str, progress, cancel) -> int:
         source = open_video(self.source.path)
         try:
-            # MP4/MOV keep tags they do not know (ComfyUI's prompt, workflow) only when asked.
-            options = {"movflags": "use_metadata_tags"} if self.plan.muxer in ("mp4", "mov") else {}
-            output = av.open(handle, "w", format=self.plan.muxer, options=options)
+            output = open_output(handle, self.plan.muxer)
         except BaseException:
             source.close()
             raise
         done, closed = 0, False
         try:
             video, copied = self._setup(source, output)
+            if self.window is not None and self.window.seek is not None:
+                source.seek(self.window.seek, stream=main_stream(source), backward=True)
             stages = [
                 threading.Thread(target=self._guard, args=(self._decode, source, copied), daemon=True),
                 threading.Thread(target=self._guard, args=(self._encode, output, video, copied), daemon=True),
@@ -186,39 +228,21 @@ class _Job:
         finally:
             source.close()
             if not closed:  # the temporary file is removed by the caller
-                _close_quietly(output)
+                close_quietly(output)
         return done
 
     # -- setup -----------------------------------------------------------------------------
 
     def _setup(self, source, output) -> tuple[av.VideoStream, dict[int, av.stream.Stream]]:
-        """Add the streams, metadata and chapters, and start the encoder (its errors, a
-        missing NVENC among them, surface here, before any work)."""
-        plan, info = self.plan, self.source
-        output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in MUXER_TAGS})
-        output.metadata.update(self.options.metadata)
+        """Add the streams, metadata and chapters (a segment: its video stream only), and start
+        the encoder (its errors, a missing NVENC among them, surface here, before any work)."""
         in_video = main_stream(source)
-        video = add_video_stream(output, info, plan)
+        video = add_video_stream(output, self.source, self.plan)
         if in_video.sample_aspect_ratio:
             video.codec_context.sample_aspect_ratio = in_video.sample_aspect_ratio
-        _copy_tags(in_video, video)
-        copied = {}
-        for stream in source.streams:
-            if stream.type not in COPIED_TYPES or stream.index == in_video.index:
-                continue
-            name = stream.codec_context.name if stream.codec_context else "unknown"
-            if not muxable(plan.muxer, name):
-                message = (f"stream #{stream.index} ({stream.type}, {name}) cannot be stored in a "
-                           f"{self.dst.suffix} file")
-                if stream.type == "data":
-                    self.note(f"{self.dst}: {message}; it is left out")
-                    continue
-                raise VideoError(f"{self.dst}: {message}; use a .mkv or .mov output")
-            copied[stream.index] = output.add_stream_from_template(stream)
-            _copy_tags(stream, copied[stream.index])
-        chapters = source.chapters()
-        if chapters:
-            output.set_chapters(chapters)
+        copy_tags(in_video, video)
+        copied = {} if self.window is not None else copy_container(
+            source, output, self.options.metadata, self.dst, self.note)
         try:
             output.start_encoding()
         except av.FFmpegError as error:
@@ -261,11 +285,22 @@ class _Job:
                 except av.FFmpegError as error:
                     errors.append((av.logging.ERROR, context.name, str(error)))
                     frames = []
+                if errors and self._before_window(packet):  # the GOP before a segment's start
+                    errors.clear()  # (its leading pictures miss their references; not shown)
                 if errors:  # FFmpeg conceals what it can; the job goes on
                     self._report_corruption(errors, packet.pts, time_base)
                 for frame in frames:
+                    if self.window is not None and frame.pts is not None:  # (in presentation order)
+                        if frame.pts < self.window.start:
+                            continue
+                        if self.window.end is not None and frame.pts >= self.window.end:
+                            self._put(self.decoded, _End)
+                            return
                     last = self._frame(frame, last, time_base)
         self._put(self.decoded, _End)
+
+    def _before_window(self, packet: av.Packet) -> bool:
+        return self.window is not None and packet.pts is not None and packet.pts < self.window.start
 
     def _frame(self, frame: av.VideoFrame, last: tuple | None, time_base: Fraction) -> tuple[int, int]:
         """Queue one decoded frame as RGB with a usable timestamp; returns (pts, duration)."""
@@ -366,11 +401,56 @@ def add_video_stream(output, source: VideoSource, plan: EncoderPlan) -> av.Video
     video.codec_context.time_base = source.time_base
     video.time_base = source.time_base
     plan.colour.tag(video.codec_context)
+    tag_video_stream(video, source, plan)
+    return video
+
+
+def tag_video_stream(video, source: VideoSource, plan: EncoderPlan) -> None:
+    """What a stream copy does not carry: the codec tag, the display matrix."""
     if plan.codec.name.startswith("hevc") and plan.muxer in ("mp4", "mov"):
         video.codec_tag = "hvc1"  # what Apple players require for HEVC
     if source.display_matrix is not None:
         video.set_display_matrix(list(source.display_matrix))
-    return video
+
+
+def open_output(handle, muxer: str) -> av.container.OutputContainer:
+    # MP4/MOV keep tags they do not know (ComfyUI's prompt, workflow) only when asked.
+    options = {"movflags": "use_metadata_tags"} if muxer in ("mp4", "mov") else {}
+    return av.open(handle, "w", format=muxer, options=options)
+
+
+def copy_container(source, output, metadata: Mapping[str, str], dst: Path, note: Warn) -> dict[int, av.stream.Stream]:
+    """Give `output` (its video stream added) the source's container metadata (and `metadata`),
+    chapters and other streams; returns the copied streams by the source's stream index."""
+    output.metadata.update({k: v for k, v in source.metadata.items() if k.lower() not in MUXER_TAGS})
+    output.metadata.update(metadata)
+    copied = {}
+    for stream in copied_streams(source, output.format.name, dst, note):
+        copied[stream.index] = output.add_stream_from_template(stream)
+        copy_tags(stream, copied[stream.index])
+    chapters = source.chapters()
+    if chapters:
+        output.set_chapters(chapters)
+    return copied
+
+
+def copied_streams(source, muxer: str, dst: Path, note: Warn) -> list[av.stream.Stream]:
+    """The source's streams other than the main video that `muxer` takes; VideoError for one it
+    cannot take, unless a data stream (left out, with a note)."""
+    in_video = main_stream(source)
+    streams = []
+    for stream in source.streams:
+        if stream.type not in COPIED_TYPES or stream.index == in_video.index:
+            continue
+        name = stream.codec_context.name if stream.codec_context else "unknown"
+        if not muxable(muxer, name):
+            message = f"stream #{stream.index} ({stream.type}, {name}) cannot be stored in a {dst.suffix} file"
+            if stream.type == "data":
+                note(f"{dst}: {message}; it is left out")
+                continue
+            raise VideoError(f"{dst}: {message}; use a .mkv or .mov output")
+        streams.append(stream)
+    return streams
 
 
 def _upscale_wide(model, pixels: np.ndarray, alpha: str, cancel, engine_options: dict) -> np.ndarray:
@@ -397,7 +477,7 @@ def _libav_errors() -> Iterator[list]:
         av.logging.set_level(previous)
 
 
-def _copy_tags(source_stream, target) -> None:
+def copy_tags(source_stream, target) -> None:
     target.metadata.update({
         key: value for key, value in source_stream.metadata.items()
         if not key.lower().startswith(STALE_STREAM_TAGS)
@@ -409,7 +489,7 @@ def _clock(pts: int | None, time_base: Fraction) -> str:
     return "an unknown time" if pts is None else f"{float(pts * time_base):.3f} s"
 
 
-def _close_quietly(output) -> None:
+def close_quietly(output) -> None:
     try:
         output.close()
     except av.FFmpegError:
