@@ -98,6 +98,19 @@ def test_cli_h264_keeps_timing_audio_metadata_rotation(tmp_path, train_models, c
     assert (int(frame.colorspace), int(frame.color_primaries), int(frame.color_range)) == (6, 6, 1)
 
 
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_the_same_job_writes_the_same_bytes(tmp_path, fused_models, suffix):
+    """Matroska draws a random segment UID per file unless told not to: a rerun, a resumed or
+    a Ray run of the same job must give the same file."""
+    source = tmp_path / "clip.mp4"
+    write_clip(source, pictures(4, 24, 32))
+    codec = "ffv1" if suffix == ".mkv" else "vp9"
+    first, second = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+    for out in (first, second):
+        upscale_video(fused_models[2], source, out, codec=codec, warn=lambda message: None)
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_subtitles_chapters_and_extra_metadata_copied(tmp_path, fused_models):
     source = tmp_path / "talk.mkv"
     write_clip(source, pictures(20, 32, 48), subtitles=True, chapters=True)

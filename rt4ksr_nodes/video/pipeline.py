@@ -415,7 +415,10 @@ def tag_video_stream(video, source: VideoSource, plan: EncoderPlan) -> None:
 
 def open_output(handle, muxer: str) -> av.container.OutputContainer:
     # MP4/MOV keep tags they do not know (ComfyUI's prompt, workflow) only when asked.
-    options = {"movflags": "use_metadata_tags"} if muxer in ("mp4", "mov") else {}
+    # Matroska/WebM draw a random segment UID unless bitexact: the same job must give the same
+    # file (a resumed or Ray run, a rerun), and bitexact only drops Lavf's version from a tag.
+    options = {"mp4": {"movflags": "use_metadata_tags"}, "mov": {"movflags": "use_metadata_tags"},
+               "matroska": {"fflags": "+bitexact"}, "webm": {"fflags": "+bitexact"}}.get(muxer, {})
     return av.open(handle, "w", format=muxer, options=options)
 
 
