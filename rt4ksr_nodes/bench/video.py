@@ -45,15 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--backend ray: seconds per segment (default 1: a few segments of a short clip)")
 
 
-def synthetic_clip(path: Path, width: int, height: int, frames: int) -> None:
-    """Moving detail at every scale (drifting sinusoids plus fixed grain), 24 fps H.264."""
+def synthetic_clip(path: Path, width: int, height: int, frames: int, keyint: int = 250) -> None:
+    """Moving detail at every scale (drifting sinusoids plus fixed grain), 24 fps H.264, a
+    keyframe every `keyint` frames (x264's default: 250)."""
     import av
 
     rng = np.random.default_rng(0)
     grain = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
     y, x = np.mgrid[:height, :width].astype(np.float32)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=24, options={"crf": "18", "preset": "veryfast"})
+        stream = out.add_stream("libx264", rate=24, options={"crf": "18", "preset": "veryfast", "g": str(keyint)})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for index in range(frames):
             shift = 3.0 * index

@@ -161,6 +161,9 @@ def _check_options(args) -> tuple[Path | None, bool]:
         raise UsageError("give --scale (released model) or --model PATH")
     if args.tile and args.tile < MIN_TILE:
         raise UsageError(f"--tile must be 0 (automatic) or at least {MIN_TILE}")
+    problem = video.check_arguments(args)
+    if problem:
+        raise UsageError(problem)
     return output_target(args.input, args.output)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..host import bridge
 from ..files.paths import brief, remove_stale_temps, unwritable
+from ..video.policy import AUTO, AUTO_LONGER_THAN, AUTO_SEGMENT, seconds
 from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary, default_jobs
 from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate
@@ -53,11 +54,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--object-info", type=Path, metavar="FILE",
                    help="node definitions saved from a ComfyUI server's /object_info: lets the editor format "
                    "and --validate-only handle nodes this runner cannot run (running them still needs ComfyUI)")
-    p.add_argument("--resume", action="store_true", help="skip items whose output already exists")
+    p.add_argument("--resume", action="store_true", help="skip items whose output already exists; keep a long "
+                   "video's finished segments")
+    p.add_argument("--segment", type=seconds, default=AUTO, metavar="SECONDS",
+                   help="long videos: encode in segments of about SECONDS, joined at the end (0: one pass; "
+                   f"default: {AUTO_SEGMENT:g} s segments for clips longer than {AUTO_LONGER_THAN:g} s, and "
+                   "always with --backend ray)")
     p.add_argument("--jobs", type=int, help=f"image writer threads (default: one per CPU core, {default_jobs()} here)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local (default): this process; ray: the folder batch's items on Ray workers, one per GPU "
-                   "(else per CPU), inputs and outputs on a file system every node sees (needs rt4ksr-nodes[ray])")
+                   help="local (default): this process; ray: the folder batch's items, or a video's segments, on "
+                   "Ray workers, one per GPU (else per CPU), inputs and outputs on a file system every node sees "
+                   "(needs rt4ksr-nodes[ray])")
     p.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to use, as ray.init takes it, e.g. "
                    "auto or ray://head:10001 (default: a new local Ray on 127.0.0.1)")
     p.add_argument("--ray-workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else per CPU)")
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--ray-address and --ray-workers need --backend ray")
         if args.ray_workers is not None and args.ray_workers < 1:
             raise UsageError("--ray-workers must be at least 1")
+        if args.backend == "ray" and args.segment == 0:
+            raise UsageError("--backend ray runs a video in segments: --segment 0 asks for one pass")
         if args.backend == "ray":
             from ..cluster import RayUnavailable, require_ray
 
@@ -176,6 +185,12 @@ def _configure(args) -> None:
             raise UsageError(f"--device {args.device}: this torch sees no CUDA GPU")
         bridge.headless.device = device
     bridge.headless.metadata = not args.no_metadata
+    segments = {"segment": args.segment, "resume": args.resume}
+    if args.backend == "ray":
+        from ..video.ray_segments import run_on_ray
+
+        segments["run_segments"] = run_on_ray(args.ray_address, args.ray_workers)
+    bridge.headless.video_segments = segments
 
 
 def find_node(prompt: dict, reference: str) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..files.images import IMAGE_EXTENSIONS
 from .detect import CONTAINERS, INSTALL_HINT, VIDEO_EXTENSIONS, available, is_video
+from .policy import AUTO, AUTO_LONGER_THAN, AUTO_SEGMENT, seconds
 
 OUTPUT_EXTENSIONS = tuple(CONTAINERS)  # what --output may name
-AUTO_SEGMENT, AUTO_LONGER_THAN = 10.0, 120.0  # --segment's default: seconds per segment, for clips longer than
 CODEC_CHOICES = ("h264", "hevc", "av1", "vp9", "prores", "ffv1", "h264_nvenc", "hevc_nvenc")
 
 
@@ -27,22 +27,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ProRes proxy|lt|standard|hq|4444|4444xq, NVENC p1-p7",
     )
     group.add_argument(
-        "--segment", type=seconds, metavar="SECONDS",
+        "--segment", type=seconds, default=AUTO, metavar="SECONDS",
         help=f"encode in segments of about SECONDS (cut at keyframes), joined at the end; a stopped "
         f"run keeps the finished ones for --resume. 0 = one pass. Default: {AUTO_SEGMENT:g} s segments "
-        f"for clips longer than {AUTO_LONGER_THAN:g} s, else one pass",
+        f"for clips longer than {AUTO_LONGER_THAN:g} s and with --backend ray, else one pass",
     )
+    group.add_argument(
+        "--backend", choices=("local", "ray"), default="local",
+        help="ray: a video's segments on Ray workers, one per GPU (else per CPU); source and output on a "
+        "file system every node sees (needs rt4ksr-nodes[ray]). Images always run here",
+    )
+    group.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster, as ray.init takes it (default: a "
+                       "new local Ray on 127.0.0.1)")
+    group.add_argument("--ray-workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else per CPU)")
 
 
-def seconds(text: str) -> float:
-    """--segment's type: 0 or more seconds."""
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the video options, or None; sets args.run_segments (None: here)."""
+    args.run_segments = None
+    if args.backend != "ray":
+        return "--ray-address and --ray-workers need --backend ray" if args.ray_address or args.ray_workers else None
+    if args.segment == 0:
+        return "--backend ray runs a video in segments: --segment 0 asks for one pass"
+    if args.ray_workers is not None and args.ray_workers < 1:
+        return "--ray-workers must be at least 1"
+    from ..cluster import RayUnavailable
+    from .ray_segments import run_on_ray
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
+        args.run_segments = run_on_ray(args.ray_address, args.ray_workers)
+    except RayUnavailable as error:
+        return str(error)
+    return None
 
 
 def is_input(path: Path) -> bool:
@@ -79,11 +95,7 @@ def upscale_file(model, source: Path, destination: Path, args: argparse.Namespac
 
     from .errors import VideoError
     from .pipeline import upscale_video
-    from .source import probe
 
-    segment = args.segment
-    if segment is None:
-        segment = AUTO_SEGMENT if (probe(source).duration or 0) > AUTO_LONGER_THAN else 0
     bar = _progress_bar(source, args.progress)
 
     def say(message: str) -> None:
@@ -99,7 +111,7 @@ def upscale_file(model, source: Path, destination: Path, args: argparse.Namespac
             codec=args.codec, crf=args.crf, preset=args.preset,
             tile_size=args.tile, precision=args.precision, device=args.device, alpha=args.alpha,
             overwrite=args.overwrite, progress=progress if bar is not None else None, warn=say,
-            segment=segment, resume=args.resume,
+            segment=args.segment, resume=args.resume, run_segments=args.run_segments,
         )
     except av.FFmpegError as error:
         raise VideoError(f"{source}: {error}") from error

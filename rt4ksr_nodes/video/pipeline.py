@@ -34,6 +34,7 @@ from .codecs import EncodeOptions, EncoderPlan, muxable, plan
 from .detect import INSTALL_HINT, available
 from .errors import VideoError, VideoWarning
 from .pixels import from_rgb, to_rgb
+from .policy import AUTO, segment_seconds
 from .source import COPIED_TYPES, VideoSource, decoder, main_stream, open_video, probe
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def upscale_video(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     warn: Warn | None = None,
-    segment: float | None = None,
+    segment: float | str | None = None,
     resume: bool = False,
     run_segments: RunSegments | None = None,
 ) -> VideoResult:
@@ -118,7 +119,8 @@ def upscale_video(
     written through a temporary file renamed at the end: interrupted or failed, nothing is left
     under its name.
 
-    segment: seconds per segment (None or 0: one pass). The clip is cut at keyframes into
+    segment: seconds per segment (None or 0: one pass; "auto": policy.AUTO_SEGMENT for clips
+    longer than policy.AUTO_LONGER_THAN and whenever run_segments is given). The clip is cut at keyframes into
     segments of about that length, each encoded into its own file (in dst's folder, under
     .rt4ksr-segments/), by `run_segments` (default segments.run_locally, one after another;
     progress then counts the frames of the segments still to do), then joined into dst
@@ -128,9 +130,10 @@ def upscale_video(
     """
     if not available():
         raise VideoError(INSTALL_HINT)
-    if segment is not None and not 0 <= segment < float("inf"):
-        raise VideoError(f"segment must be 0 or more seconds, got {segment}")
+    if segment not in (None, AUTO) and not 0 <= segment < float("inf"):
+        raise VideoError(f"segment must be 0 or more seconds, or {AUTO!r}; got {segment!r}")
     source, dst = probe(src), Path(dst)
+    segment = segment_seconds(segment, source.duration, distributed=run_segments is not None)
     options = EncodeOptions(codec=codec, crf=crf, preset=preset, metadata=dict(metadata or {}))
     encoder_plan = plan(source, model.scale, options, dst, alpha)
     said: list[str] = []

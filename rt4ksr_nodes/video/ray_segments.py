@@ -18,10 +18,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..cluster import connected, require_ray, slots
 from ..engine import UpscaleCancelled
 from .errors import VideoError
-from .segments import RunSegments, SegmentJob, run_segment
+
+if TYPE_CHECKING:  # segments imports PyAV: checked when a video runs, not when the runner starts
+    from .segments import RunSegments, SegmentJob
 
 RETRIES = 3  # attempts after the first when a worker or its node dies
 POLL_SECONDS = 0.25
@@ -99,6 +103,8 @@ class _Map:
 def _encode(model, job: SegmentJob, index: int, counter, kill: str | None) -> list[str]:
     """One segment on a worker (a Ray task). An attempt that died after writing its file but
     before reporting left it complete: it is not encoded again."""
+    from .segments import run_segment
+
     said: list[str] = []
     if job.is_done(index):
         counter.set.remote(index, job.segments[index].frames)

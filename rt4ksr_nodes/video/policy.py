@@ -1,0 +1,29 @@
+"""When a video is encoded in segments unless told: long clips (a crash near the end must not
+cost the whole job) and every clip whose segments run elsewhere (Ray). Free of PyAV, so the
+CLIs' help and argument checks read it without the extra."""
+
+from __future__ import annotations
+
+import argparse
+
+AUTO = "auto"
+AUTO_SEGMENT = 10.0  # seconds per segment
+AUTO_LONGER_THAN = 120.0  # seconds: clips longer than this are segmented by default
+
+
+def segment_seconds(segment: float | str | None, duration: float | None, distributed: bool) -> float:
+    """The seconds per segment a job uses (0: one pass) for upscale_video's `segment`."""
+    if segment != AUTO:
+        return float(segment or 0)
+    return AUTO_SEGMENT if distributed or (duration or 0) > AUTO_LONGER_THAN else 0.0
+
+
+def seconds(text: str) -> float:
+    """--segment's type: 0 or more seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
