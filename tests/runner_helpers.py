@@ -14,14 +14,16 @@ from rt4ksr_nodes.host import bridge
 @pytest.fixture
 def folders(tmp_path):
     """Fresh input/output folders configured in comfy_bridge.headless, restored afterwards."""
-    saved = (bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.models_dir)
+    saved = (bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.models_dir,
+             bridge.headless.video_segments)
     input_dir, output_dir = tmp_path / "input", tmp_path / "output"
     input_dir.mkdir()
     output_dir.mkdir()
     bridge.headless.input_dir, bridge.headless.output_dir = input_dir, output_dir
     bridge.headless.interrupt.clear()
     yield input_dir, output_dir
-    bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.models_dir = saved
+    (bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.models_dir,
+     bridge.headless.video_segments) = saved
     bridge.headless.interrupt.clear()
 
 

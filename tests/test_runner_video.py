@@ -182,3 +182,41 @@ def test_components_frame_rate_is_rounded_as_comfyui(folders):
     assert run(prompt).done == 1
     with av.open(str(folders[1] / "r_00001_.mp4")) as container:
         assert container.streams.video[0].average_rate == Fraction(2997, 100)
+
+
+def test_a_clip_in_segments_stopped_then_resumed_redoes_only_the_rest(folders, monkeypatch, capsys):
+    """The runner's --segment and --resume reach Upscale Video: stopped after its first segment
+    (exit 130), the rerun with --resume encodes only the other three, and the clip is whole."""
+    from rt4ksr_nodes.host import bridge
+    from rt4ksr_nodes.runner import cli
+    from rt4ksr_nodes.video import workdir
+
+    write_clip(folders[0] / "clip.mp4", pictures(48, 32, 40), options={"g": "6"})
+    workflow = folders[0].parent / "wf.json"
+    workflow.write_text(json.dumps(upscale_prompt()))
+    argv = [str(workflow), "--input-dir", str(folders[0]), "--output-dir", str(folders[1]), "--segment", "0.5",
+            "--json"]
+    real, pending = workdir.run_locally, []
+
+    def stop_after_one(model, job, indices, progress, cancel, warn):
+        real(model, job, indices[:1], progress, cancel, warn)
+        bridge.headless.interrupt.set()  # what Ctrl-C does
+        real(model, job, indices[1:], progress, cancel, warn)
+
+    monkeypatch.setattr(workdir, "run_locally", stop_after_one)
+    assert cli.main(argv) == 130
+    assert not list((folders[1] / "video").glob("*.mp4"))
+    bridge.headless.interrupt.clear()
+    assert cli.main(argv) == 1  # the finished segment is not thrown away without --resume
+    assert "--resume" in capsys.readouterr().out
+
+    def record(model, job, indices, *rest):
+        pending.extend(indices)
+        real(model, job, indices, *rest)
+
+    monkeypatch.setattr(workdir, "run_locally", record)
+    assert cli.main([*argv, "--resume"]) == 0
+    assert pending == [1, 2, 3]
+    [out] = (folders[1] / "video").glob("*.mp4")
+    assert [t for t, _ in frame_times(out)] == [t for t, _ in frame_times(folders[0] / "clip.mp4")]
+    assert not (folders[1] / "video" / workdir.ROOT).exists()

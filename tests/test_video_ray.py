@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from runner_helpers import folders  # noqa: F401 - fixture
 from video_clips import av, pictures, write_clip  # noqa: F401 - av: skips without PyAV
 
 from rt4ksr_nodes.video.pipeline import upscale_video
@@ -84,3 +85,40 @@ def test_a_lost_node_has_its_segment_done_elsewhere(cluster, clip, reference, fu
     assert result.frames == FRAMES
     assert out.read_bytes() == reference
 
+
+
+def test_quick_cli_backend_ray(cluster, clip, reference, tmp_path, monkeypatch, checkpoints, capsys):
+    from rt4ksr_nodes.cli.upscale import main
+
+    monkeypatch.setenv("RT4KSR_WEIGHTS_DIR", str(checkpoints[2].parent))
+    out = tmp_path / "cli.mkv"
+    argv = ["-i", str(clip), "--scale", "2", "-o", str(out), "--codec", "ffv1", "--segment", str(SEGMENT)]
+    assert main([*argv, "--backend", "ray"]) == 0
+    assert out.read_bytes() == reference
+    for wrong, said in ((["--segment", "0", "--backend", "ray"], "--segment 0 asks for one pass"),
+                        (["--ray-workers", "2"], "need --backend ray")):
+        with pytest.raises(SystemExit) as usage:
+            main([*argv, *wrong])
+        assert usage.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_runner_backend_ray_runs_a_video_workflow_in_segments(cluster, clip, folders, monkeypatch):
+    """Load Video -> Upscale Video -> Save Video with --backend ray: the same file as the local
+    runner's, metadata included."""
+    import json
+
+    from ground_truth import shared_path
+    from test_runner_video import upscale_prompt
+
+    from rt4ksr_nodes.runner import cli
+
+    monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(shared_path("weights")))
+    (folders[0] / "clip.mp4").write_bytes(clip.read_bytes())
+    workflow = folders[0].parent / "wf.json"
+    workflow.write_text(json.dumps(upscale_prompt()))
+    common = [str(workflow), "--input-dir", str(folders[0]), "--segment", str(SEGMENT), "--json"]
+    assert cli.main([*common, "--output-dir", str(folders[1] / "local")]) == 0
+    assert cli.main([*common, "--output-dir", str(folders[1] / "ray"), "--backend", "ray"]) == 0
+    [local] = (folders[1] / "local" / "video").glob("*.mp4")
+    [ray] = (folders[1] / "ray" / "video").glob("*.mp4")
+    assert ray.read_bytes() == local.read_bytes()

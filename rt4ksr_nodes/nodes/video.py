@@ -151,7 +151,9 @@ class UpscaledVideo:
             upscale_video(
                 self.model, source, destination, codec=codec, crf=crf, metadata=tags(metadata, keep_text=True),
                 tile_size=self.tile_size, precision=self.precision,
-                device=self._device(), overwrite=True,
+                # Replaces what save_to was pointed at; a fresh name (Save Video's) is not
+                # "overwrite", which would also throw away an earlier run's segments unasked.
+                device=self._device(), overwrite=destination.exists(),
                 progress=(lambda done, total: bar(done, total or done)) if bar else None,
                 cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
                 **bridge.video_segments(),

@@ -18,8 +18,10 @@ def segment_seconds(segment: float | str | None, duration: float | None, distrib
     return AUTO_SEGMENT if distributed or (duration or 0) > AUTO_LONGER_THAN else 0.0
 
 
-def seconds(text: str) -> float:
-    """--segment's type: 0 or more seconds."""
+def seconds(text: str) -> float | str:
+    """--segment's type: 0 or more seconds, or auto."""
+    if text == AUTO:
+        return AUTO
     try:
         value = float(text)
     except ValueError:
