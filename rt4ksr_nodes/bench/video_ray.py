@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from importlib import import_module
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def _warm_up(ray) -> None:
 
 
 def _load_pipeline() -> None:
-    from ..video import segments  # noqa: F401 - torch, PyAV and the pipeline
+    import_module("..video.segments", __package__)  # torch, PyAV and the pipeline
 
 
 def main(args) -> None:
