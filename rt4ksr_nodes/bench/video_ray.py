@@ -98,7 +98,8 @@ def main(args) -> None:
     with tempfile.TemporaryDirectory(prefix="rt4ksr_bench_video_ray_") as folder:
         work = Path(folder)
         clip = work / "clip.mp4"
-        synthetic_clip(clip, width, height, frames, keyint=max(1, round(24 * args.segment)))
+        # x264 puts its keyframes keyint - 1 frames apart: one GOP per segment
+        synthetic_clip(clip, width, height, frames, keyint=max(1, round(24 * args.segment)) + 1)
         runs = {nodes: _on_cluster(nodes, model, clip, work / f"out{nodes}.mp4", args) for nodes in counts}
     print(f"video x2 on Ray: {frames} frames {width}x{height} -> {2 * width}x{2 * height} at 24 fps, "
           f"segments of {args.segment} s, codec {args.codec}, worker nodes of 1 CPU (each pinned to its own "
