@@ -164,6 +164,30 @@ def test_chained_upscales(model, rgb_clip, tmp_path):
     assert decode(tmp_path / "x4.mkv")[0][0].shape == (128, 160, 3)
 
 
+def test_segments_only_for_the_users_file_and_their_device_chosen_where_they_run(model, rgb_clip, tmp_path,
+                                                                                 monkeypatch):
+    """The runner's segment settings (bridge.video_segments) apply to save_to a path; a
+    temporary render (a chained upscale's source, get_components, an in-memory file) is one
+    pass here. Segments run elsewhere get the device as the user gave it ("auto"), not this
+    machine's choice."""
+    from rt4ksr_nodes.video.segments import run_locally
+
+    seen = []
+
+    def elsewhere(model_, job, pending, *rest):
+        seen.append((job.source, str(job.device)))
+        run_locally(model_, job, pending, *rest)
+
+    monkeypatch.setattr(bridge.headless, "video_segments", {"segment": 0.05, "run_segments": elsewhere})
+    twice = lazy(model, lazy(model, FileVideo(rgb_clip)))
+    twice.save_to(str(tmp_path / "x4.mkv"))
+    assert [device for _, device in seen] == ["auto"]  # the outer render only
+    assert seen[0][0].name == "chained.mp4"
+    assert len(lazy(model, FileVideo(rgb_clip)).get_components().images) == 5
+    lazy(model, FileVideo(rgb_clip)).save_to(io.BytesIO())
+    assert len(seen) == 1
+
+
 def test_cancel_stops_and_leaves_no_file(model, rgb_clip, tmp_path, folders, monkeypatch):
     calls = []
 

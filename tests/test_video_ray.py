@@ -122,3 +122,23 @@ def test_runner_backend_ray_runs_a_video_workflow_in_segments(cluster, clip, fol
     [local] = (folders[1] / "local" / "video").glob("*.mp4")
     [ray] = (folders[1] / "ray" / "video").glob("*.mp4")
     assert ray.read_bytes() == local.read_bytes()
+
+
+def test_a_node_without_the_shared_folders_says_so(cluster, clip, tmp_path):
+    from rt4ksr_nodes.video.errors import VideoError
+    from rt4ksr_nodes.video.ray_segments import _check_shared
+    from rt4ksr_nodes.video.segments import Segment, SegmentJob
+    from rt4ksr_nodes.video.codecs import EncodeOptions
+
+    job = SegmentJob(source=clip, workdir=tmp_path / "absent", segments=(Segment(0, 0, None, None, FRAMES),),
+                     extension=".mkv", options=EncodeOptions(codec="ffv1"))
+    with pytest.raises(VideoError, match=r"Ray node .* does not see the segments' folder .*absent.*shared file system"):
+        _check_shared(job)
+
+
+def test_folder_batch_workers_take_the_segment_settings_not_the_executor(monkeypatch):
+    from rt4ksr_nodes.host import bridge
+    from rt4ksr_nodes.runner.ray_backend import _settings
+
+    monkeypatch.setattr(bridge.headless, "video_segments", {"segment": 3.0, "resume": True, "run_segments": print})
+    assert _settings()["video_segments"] == {"segment": 3.0, "resume": True}

@@ -93,7 +93,10 @@ class UpscaledVideo:
             raise ValueError(f"{NAME}: format mp4 asked for {path}, whose extension is not .mp4")
         with tempfile.TemporaryDirectory(prefix="rt4ksr-video-") as workdir:
             destination = Path(path) if to_file else Path(workdir) / "upscaled.mp4"
-            self._render(self._source_file(Path(workdir)), destination, name, crf, metadata)
+            # Segments (the runner's --segment, --resume, --backend ray) for the user's file only:
+            # a temporary render is on this machine alone and never resumed.
+            self._render(self._source_file(Path(workdir)), destination, name, crf, metadata,
+                         bridge.video_segments() if to_file else {})
             if not to_file:
                 with open(destination, "rb") as encoded:
                     shutil.copyfileobj(encoded, path)
@@ -141,11 +144,16 @@ class UpscaledVideo:
             return path
         return source_path(self.source, workdir)
 
-    def _render(self, source: Path, destination: Path, codec: str, crf: int | None, metadata: dict | None) -> None:
-        """The one call into the video pipeline, with ComfyUI's device, progress bar and Cancel."""
+    def _render(self, source: Path, destination: Path, codec: str, crf: int | None, metadata: dict | None,
+                segments: dict | None = None) -> None:
+        """The one call into the video pipeline, with ComfyUI's device, progress bar and Cancel.
+        segments: upscale_video's segment, resume, run_segments (default: one pass)."""
         from ..video.errors import VideoError
         from ..video.pipeline import upscale_video
 
+        segments = segments or {}
+        # Segments run elsewhere (Ray) pick their device there: this machine's may not exist there.
+        device = bridge.torch_device() if segments.get("run_segments") else self._device()
         bar = bridge.progress()
         try:
             upscale_video(
@@ -153,10 +161,10 @@ class UpscaledVideo:
                 tile_size=self.tile_size, precision=self.precision,
                 # Replaces what save_to was pointed at; a fresh name (Save Video's) is not
                 # "overwrite", which would also throw away an earlier run's segments unasked.
-                device=self._device(), overwrite=destination.exists(),
+                device=device, overwrite=destination.exists(),
                 progress=(lambda done, total: bar(done, total or done)) if bar else None,
                 cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
-                **bridge.video_segments(),
+                **segments,
             )
         except VideoError as error:  # raised by Save Video's call: say which node's settings
             raise VideoError(f"{NAME}: {error}") from error

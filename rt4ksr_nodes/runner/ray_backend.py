@@ -169,9 +169,12 @@ def _gate(ray):
 def _settings() -> dict:
     """The driver's headless settings, which the workers take over (paths resolved here)."""
     headless = bridge.headless
+    # A long clip's segments run where its item runs: --segment and --resume go along, the Ray
+    # executor (the driver's) does not.
+    segments = {key: value for key, value in headless.video_segments.items() if key != "run_segments"}
     return {"input": str(bridge.directory("input")), "output": str(bridge.directory("output")),
             "models": str(headless.models_dir) if headless.models_dir else None, "device": headless.device,
-            "metadata": headless.metadata}
+            "metadata": headless.metadata, "video_segments": segments}
 
 
 class _Worker:
@@ -184,6 +187,7 @@ class _Worker:
         bridge.headless.input_dir, bridge.headless.output_dir = Path(settings["input"]), Path(settings["output"])
         bridge.headless.models_dir = Path(settings["models"]) if settings["models"] else None
         bridge.headless.device, bridge.headless.metadata = settings["device"], settings["metadata"]
+        bridge.headless.video_segments = settings["video_segments"]
         self.runner = Runner(job["prompt"], registry.node_classes(), outputs=job["outputs"],
                              extra_pnginfo=job["extra_pnginfo"], jobs=job["jobs"])
         self.runner.sinks = job["sinks"]

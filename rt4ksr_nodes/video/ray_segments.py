@@ -105,6 +105,7 @@ def _encode(model, job: SegmentJob, index: int, counter, kill: str | None) -> li
     before reporting left it complete: it is not encoded again."""
     from .segments import run_segment
 
+    _check_shared(job)
     said: list[str] = []
     if job.is_done(index):
         counter.set.remote(index, job.segments[index].frames)
@@ -118,6 +119,20 @@ def _encode(model, job: SegmentJob, index: int, counter, kill: str | None) -> li
 
     run_segment(model, job, index, progress=progress, warn=said.append)
     return said
+
+
+def _check_shared(job: SegmentJob) -> None:
+    """The source and the segments' folder, seen at the driver's paths, or a VideoError saying
+    which node lacks them (without it FFmpeg's "No such file" would not say where)."""
+    for path, what in ((job.source, "the source"), (job.workdir, "the segments' folder")):
+        if not path.exists():
+            import ray
+
+            node = ray.util.get_node_ip_address()
+            raise VideoError(
+                f"Ray node {node} does not see {what} {path}: every node must see the source and the "
+                "output folder at the driver's paths (a shared file system mounted at the same path)"
+            )
 
 
 def _maybe_die(kill: str, index: int) -> None:
