@@ -72,13 +72,14 @@ def test_tiny_run_upscales_every_image_alike_on_both_paths(monkeypatch, capsys, 
     stages = dict(re.findall(r"(decode|model|quantise|png level 1|webp lossless) ([0-9.]+)", out.splitlines()[1]))
     assert set(stages) == {"decode", "model", "quantise", "png level 1", "webp lossless"}
     rows = re.findall(r"^\| (png level 1|webp lossless) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) "
-                      r"\| \*\*([0-9.]+)\*\* \| ([0-9.]+) x ([0-9.]+) \| ([0-9]+)% \| ([0-9.]+|n/a) \|$", out, re.MULTILINE)
+                      r"\| \*\*([0-9.]+)\*\* \| ([0-9.]+) x ([0-9.]+) \| ([0-9]+)% \| ([0-9.]+|n/a) \| ([0-9.]+|n/a) \|$", out, re.MULTILINE)
     assert [row[0] for row in rows] == ["png level 1", "webp lossless"]
     # The formula, against figures taken apart from the benchmark's: the images and
     # the wall and CPU time of each run, the engine's time, and the cores this process may use.
     cores = len(os.sched_getaffinity(0))
     assert len(timed.runs) == 2
-    for (label, encode, total, rate, ideal, efficiency, work_used, cores_used, busy, others), run in zip(rows, timed.runs):
+    for (label, encode, total, rate, ideal, efficiency, work_used, cores_used, busy, others, left), run in zip(
+            rows, timed.runs):
         done, wall, cpu, engine = run
         assert done == 2
         common = sum(float(stages[k]) for k in ("decode", "model", "quantise"))
@@ -90,7 +91,9 @@ def test_tiny_run_upscales_every_image_alike_on_both_paths(monkeypatch, capsys, 
         assert float(cores_used) == pytest.approx(cpu / (wall * cores), rel=0.2, abs=0.02)
         assert float(work_used) == pytest.approx(done * float(total) / cpu, rel=0.2, abs=0.02)
         assert float(busy) == pytest.approx(100 * engine / wall, abs=10)
-        assert others == "n/a" or float(others) >= 0
+        # The same formula on the cores other processes left (when enough were left to compare).
+        if others != "n/a" and cores - float(others) > 0.5:
+            assert float(left) == pytest.approx(done / wall * float(total) / (cores - float(others)), rel=0.2, abs=0.02)
 
     inputs = sorted((work / "input" / "frames").glob("*.png"))
     runner_png = sorted((work / "runner_png_1").rglob("*.png"))
