@@ -107,7 +107,8 @@ class RT4KSRLoadImageFolder:
         computed, when two sources would be saved under one name or a source under its own."""
         root = cls._root(folder)
         names, notes = _listing(root, folder, pattern, recursive)
-        return _without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveImageBatch, IMAGES), notes
+        searched = f"{brief(folder)} matching {brief(pattern)}"
+        return _without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveImageBatch, searched), notes
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder=None, pattern=None, recursive=None):
@@ -226,13 +227,14 @@ def _listing(root: Path, folder: str, pattern: str, recursive: bool,
 
 
 def _without_own_outputs(root: Path, names: list[str], notes: list[str], prompt, unique_id, saver,
-                         files: tuple) -> list[str]:
+                         searched: str) -> list[str]:
     """`names` less the files this workflow (`prompt`) writes: those of the `saver` nodes (Save
     Image Batch, Save Video Batch) loader `unique_id` feeds, and the numbered files of the core
     save nodes (SaveImage, SaveVideo); a folder batch never reads its own outputs, even with the
     output folder inside the input folder. What was left out is added to `notes`. Raises
     ValueError, before anything is computed, when two sources would be saved under one name or
-    a source under its own, and FileNotFoundError when nothing is left."""
+    a source under its own, and FileNotFoundError, saying where it looked (`searched`), when
+    nothing is left."""
     outputs = {}
     for inputs in _savers(prompt, unique_id, saver):
         outputs.update(_plan_names(root, names, inputs, outputs, saver))
@@ -245,9 +247,8 @@ def _without_own_outputs(root: Path, names: list[str], notes: list[str], prompt,
                  f"(e.g. {min(own)}): a folder batch never reads its own outputs")
     names = [n for n in names if n not in own]
     if not names:
-        what = files[0]
-        raise FileNotFoundError(f"every {what} in {brief(str(root))} matching the pattern is an output of "
-                                "this workflow; nothing is left to load")
+        raise FileNotFoundError(f"every {saver.ITEM} in {searched} is an output of this workflow; nothing is "
+                                "left to load")
     return names
 
 

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from ..host import bridge
-from ..files.paths import UnsafePathError, inside
+from ..files.paths import UnsafePathError, brief, inside
 from ..video.detect import VIDEO_EXTENSIONS
 from . import batch
 from .common import CATEGORY
@@ -78,7 +78,8 @@ class RT4KSRLoadVideoFolder:
         and notes on what was left out."""
         root = cls._root(folder)
         names, notes = batch._listing(root, folder, pattern, recursive, VIDEOS)
-        names = batch._without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveVideoBatch, VIDEOS)
+        searched = f"{brief(folder)} matching {brief(pattern)}"
+        names = batch._without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveVideoBatch, searched)
         return names, notes
 
     @classmethod
