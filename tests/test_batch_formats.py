@@ -169,16 +169,42 @@ def test_writer_pool_counts_busy_writers_and_bounds_the_backlog():
     assert writers.busy() == 0
 
 
-def test_model_gets_the_cores_the_writers_leave():
-    before = torch.get_num_threads()
-    with sharing_cores() as share:
-        share(0)
-        assert torch.get_num_threads() == min(before, usable_cores())
-        share(usable_cores())
-        assert torch.get_num_threads() == 1
-        share(1)
-        assert torch.get_num_threads() == max(1, min(before, usable_cores() - 1))
+def test_model_gets_the_cores_the_writers_leave_layer_by_layer():
+    """The thread count follows the writers between two layers of one call (an encode that
+    ends mid-image gives its core back to the next layer), in the thread that shares only."""
+    before, cores = torch.get_num_threads(), usable_cores()
+    busy, seen = [0], []
+
+    class Layer(torch.nn.Module):
+        def __init__(self, writers_after: int):
+            super().__init__()
+            self.writers_after = writers_after
+
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            busy[0] = self.writers_after  # what the writers do while this layer runs
+            return x
+
+    network = torch.nn.Sequential(Layer(cores), Layer(1), Layer(0), Layer(0))
+    initial = []
+
+    def other_thread():
+        initial.append(torch.get_num_threads())
+        busy[0] = cores
+        network(torch.zeros(1))
+
+    with sharing_cores(lambda: busy[0]):
+        network(torch.zeros(1))
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    # Before each layer (the Sequential's own call comes first): all free, none, one less, all.
+    full = min(before, cores)
+    assert seen[:4] == [full, 1, max(1, min(before, cores - 1)), full]
+    assert seen[4:8] == initial * 4 and initial != [1]  # another thread's count is its own
     assert torch.get_num_threads() == before
+    network(torch.zeros(1))  # the hook is gone with the block
+    assert seen[-4:] == [before] * 4
 
 
 def test_runner_writes_on_one_thread_per_core_by_default():

@@ -9,7 +9,10 @@ format, to memory). Then the folder batch once per format: images/s, the engine'
 
     images/s / (cores / CPU seconds of all stages per image),
 
-1.0 when the cores never idle and the stages cost together what they cost alone. `--cli` adds the
+1.0 when the cores never idle and the stages cost together what they cost alone. Other processes
+taking the cores lower it too: each run reports the cores they took meanwhile (Linux), and the
+efficiency on the cores they left (cores less theirs in the formula), so that a figure from a
+busy machine is known as such. `--cli` adds the
 quick-inference CLI called once per file (a subprocess per image, as a shell pipeline would);
 its busy fraction is estimated from the runner's engine time per image.
 """
@@ -142,6 +145,18 @@ def _headless(root: Path, output: str, device: str | None) -> Iterator[Path]:
         bridge.headless.input_dir, bridge.headless.output_dir, bridge.headless.device = saved
 
 
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _cpu_seconds(run) -> float:
     """CPU seconds of the whole process (every thread) that run() takes."""
     start = time.process_time()
@@ -175,7 +190,9 @@ def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> 
     """Per-image CPU seconds of each stage alone, on the folder's first `samples` frames (the
     decoder and the model warmed up first): "decode", "model", "quantise" and one entry per
     format (its encoder, quantising excluded); and per format, beside_python() of its encoder
-    on one frame."""
+    on one frame. The model's is the lower of its cost on every core and on one thread: on a
+    busy machine its threads, descheduled by other processes, spin waiting for each other,
+    which would count as work the stage needs and flatter the efficiency."""
     with _headless(root, "stages", device):
         items = RT4KSRLoadImageFolder.stream_items("frames", "*.png", False)[:samples]
         load = lambda item: RT4KSRLoadImageFolder.stream_load(item, "frames", "*.png", False)  # noqa: E731
@@ -189,6 +206,8 @@ def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> 
             "quantise": lambda: [_quantise(o, 8) for o in outputs],
         }
         seconds = {stage: _cpu_seconds(run) / len(items) for stage, run in per_image.items()}
+        with _threads(1):
+            seconds["model"] = min(seconds["model"], _cpu_seconds(per_image["model"]) / len(items))
         parallel = {}
         for format, level in formats:
             suffix = FORMATS[format]
@@ -205,17 +224,31 @@ def stage_seconds(root: Path, device: str | None, formats, samples: int = 2) -> 
 
 
 def run_runner(root: Path, device: str | None, format: str = "png", compression: int = 4,
-               jobs: int | None = None) -> tuple[float, float, int, float]:
-    """(wall seconds, engine seconds, images done, CPU seconds) for the folder workflow,
-    in-process."""
+               jobs: int | None = None) -> tuple[float, float, int, float, float | None]:
+    """(wall seconds, engine seconds, images done, CPU seconds, CPU seconds of every other
+    process meanwhile or None where unknown) for the folder workflow, in-process."""
     with _headless(root, f"runner_{format}_{compression}".replace(" ", "_"), device):
         with _EngineClock() as clock:
-            start, cpu = time.perf_counter(), time.process_time()
+            start, cpu, machine = time.perf_counter(), time.process_time(), machine_cpu_seconds()
             summary = Runner(folder_prompt(format, compression), registry.node_classes(), jobs=jobs).run()
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            after = machine_cpu_seconds()
     if summary.failed:
         raise RuntimeError(f"runner failed: {summary.failures[:3]}")
-    return wall, clock.seconds, summary.done, cpu
+    others = None if machine is None or after is None else max(0.0, after - machine - cpu)
+    return wall, clock.seconds, summary.done, cpu, others
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (every process, and time the hypervisor
+    took away: steal), from Linux's /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]  # user .. steal
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def run_cli_per_file(root: Path, device: str | None) -> tuple[float, int]:
@@ -265,17 +298,23 @@ def main(args: argparse.Namespace) -> None:
     # efficiency = (CPU the stages need / CPU the run took) x (CPU the run took / the cores' time):
     # the first factor is work wasted (threads waiting on each other), the second idle cores,
     # or cores taken by other processes on a busy machine.
+    # Other processes' cores: what the machine's other work took meanwhile (on a quiet machine
+    # ~0; 0.5 means half a core was not ours to fill), and the efficiency on the cores left.
     print("| format | encode CPU s | stages CPU s | images/s | ideal images/s | efficiency "
-          "| = work used x cores used | engine busy |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
-    for format, level, wall, engine, done, cpu in runs:
+          "| = work used x cores used | engine busy | other processes' cores | efficiency on the cores left |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for format, level, wall, engine, done, cpu, others in runs:
         label = _label(format, level)
         total = common + stages[label]
         rate, ideal = done / wall, usable_cores() / total
+        taken = left = "n/a"
+        if others is not None:
+            taken, left = f"{others / wall:.2f}", f"{rate * total / max(usable_cores() - others / wall, 1e-9):.2f}"
         print(f"| {label} | {stages[label]:.3f} | {total:.3f} | {rate:.3f} | {ideal:.3f} | **{rate / ideal:.2f}** "
-              f"| {done * total / cpu:.2f} x {cpu / (wall * usable_cores()):.2f} | {100 * engine / wall:.0f}% |")
+              f"| {done * total / cpu:.2f} x {cpu / (wall * usable_cores()):.2f} | {100 * engine / wall:.0f}% "
+              f"| {taken} | {left} |")
     if args.cli:
-        format, level, wall, engine, done, _ = runs[0]
+        format, level, wall, engine, done, *_ = runs[0]
         estimated = engine / done * cli_done / cli_wall
         print(f"quick-inference CLI per file: {cli_done} images, {cli_done / cli_wall:.3f} "
               f"images/s, device busy {100 * estimated:.0f}% (estimated); runner ({_label(format, level)}) "

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import threading
 from typing import Callable, Iterator
 
 # Above a 4K frame's float32 planes (3840 x 2160 x 3 x 4 bytes = 100 MB): the result and the
@@ -65,27 +66,35 @@ def _mallopt() -> bool:
 
 
 @contextlib.contextmanager
-def sharing_cores() -> Iterator[Callable[[int], None]]:
-    """Yield share(busy): gives torch's CPU kernels the cores that `busy` other CPU-bound
-    threads leave free (at least one); the thread count is restored afterwards.
+def sharing_cores(busy: Callable[[], int]) -> Iterator[None]:
+    """Within the block, torch's CPU kernels called from this thread get the cores that
+    `busy()` other CPU-bound threads leave free (at least one), asked again before every
+    module's forward; the thread count is restored afterwards.
 
     For pipelines whose encoder threads compete with the model: torch's threads wait for each
     other at every kernel's end, so one of them descheduled by an encoder stalls the rest and
     the waiting ones burn CPU the encoders could use. With one thread per free core the model
-    never waits for a core it does not get.
+    never waits for a core it does not get. Asked per module (each layer of the network), not
+    per image: a 1080p frame is one call of ~0.8 CPU-s, and an encode that ends during it gives
+    its core back at the next layer instead of leaving it idle until the next image.
     """
     import torch
 
-    cores, before = usable_cores(), torch.get_num_threads()
+    cores, before, owner = usable_cores(), torch.get_num_threads(), threading.get_ident()
 
-    def share(busy: int) -> None:
-        wanted = max(1, min(before, cores - busy))
+    def share(*_) -> None:
+        if threading.get_ident() != owner:  # torch's OpenMP thread count is per calling thread
+            return
+        wanted = max(1, min(before, cores - busy()))
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
 
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(share)
     try:
-        yield share
+        share()
+        yield
     finally:
+        hook.remove()
         torch.set_num_threads(before)
 
 

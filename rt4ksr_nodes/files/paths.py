@@ -7,12 +7,13 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
 import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 try:
     import fcntl
@@ -36,26 +37,30 @@ FILE_MODE = 0o666 & ~_read_umask()
 TEMP_SUFFIX = ".rt4ksr.part"
 NAME_MAX = 255  # bytes in one file name (Linux, macOS; Windows counts UTF-16 units)
 PATH_MAX = 4096  # bytes in a path (Linux)
+_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_SUFFIX) + r"(\.[^.]+)?", re.DOTALL)
 STALE_AFTER = 1.0  # seconds: an unlocked temp file this old is a killed writer's leftover
 
 
 @contextlib.contextmanager
-def _temporary(folder: Path, name: str, publish: Callable[[str], None]) -> Iterator[BinaryIO]:
-    """Yield a temporary file in `folder`; when the block ends without an exception the file is
-    flushed to disk, given the permissions a plain `open()` would give (mkstemp's are
-    owner-only) and handed to `publish(temp path)`. The temporary file is removed in any case
-    (unless `publish` moved it). While it is open it is locked, which tells
-    `remove_stale_temps` that its writer is alive (the system drops the lock of a killed one)."""
+def _temporary(folder: Path, name: str, publish: Callable[[str], None], to_path: bool = False) -> Iterator:
+    """Yield a temporary file in `folder` (with `to_path`, its path, for writers that open
+    files by name; it ends with `name`'s extension, from which muxers pick the format); when
+    the block ends without an exception the file is flushed to disk, given the permissions a
+    plain `open()` would give (mkstemp's are owner-only) and handed to `publish(temp path)`.
+    The temporary file is removed in any case (unless `publish` moved it). While it is open it
+    is locked, which tells `remove_stale_temps` that its writer is alive (the system drops the
+    lock of a killed one)."""
     folder.mkdir(parents=True, exist_ok=True)
     # A short prefix: a 255-byte final name must still leave room for the temporary name.
-    handle, temp = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=TEMP_SUFFIX, dir=folder)
+    extension = Path(name).suffix[:16] if to_path else ""
+    handle, temp = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=TEMP_SUFFIX + extension, dir=folder)
     try:
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         with os.fdopen(handle, "wb") as out:
-            yield out
+            yield temp if to_path else out
             out.flush()
-            os.fsync(out.fileno())
+            os.fsync(out.fileno())  # the file's data, whoever wrote it
             os.fchmod(out.fileno(), FILE_MODE)
             if fcntl is not None:  # published while still locked
                 publish(temp)
@@ -67,10 +72,11 @@ def _temporary(folder: Path, name: str, publish: Callable[[str], None]) -> Itera
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
-    """Yield a binary file to write `path`'s content into; it appears under `path` only when
-    the block ends without an exception, complete. With `overwrite=False` an existing `path` is
-    never replaced, even by a concurrent writer (FileExistsError)."""
+def atomic_write(path: str | os.PathLike, *, overwrite: bool = True, to_path: bool = False) -> Iterator:
+    """Yield a binary file to write `path`'s content into (with `to_path`, a temporary path with
+    `path`'s extension to write to); it appears under `path` only when the block ends without
+    an exception, complete. With `overwrite=False` an existing `path` is never replaced, even by
+    a concurrent writer (FileExistsError)."""
     path = Path(path)
 
     def publish(temp: str) -> None:
@@ -79,14 +85,15 @@ def atomic_write(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator
         else:
             os.link(temp, path)  # atomic: fails with FileExistsError instead of replacing
 
-    with _temporary(path.parent, path.name, publish) as out:
+    with _temporary(path.parent, path.name, publish, to_path) as out:
         yield out
 
 
-def write_first_free(names: Iterable[Path], write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file through `write(out)` once, then give it the first of `names` (all in one
-    folder) that does not exist yet, atomically: concurrent writers never take the same name
-    and never replace each other's file. Returns the name taken."""
+def write_first_free(names: Iterable[Path], write: Callable, *, to_path: bool = False) -> Path:
+    """Write a file through `write(out)` once (with `to_path`, `write(temporary path)`, the path
+    ending with the names' extension), then give it the first of `names` (all in one folder)
+    that does not exist yet, atomically: concurrent writers never take the same name and never
+    replace each other's file. Returns the name taken."""
     names = iter(names)
     first = next(names)
     taken: list[Path] = []
@@ -101,9 +108,15 @@ def write_first_free(names: Iterable[Path], write: Callable[[BinaryIO], None]) -
             return
         raise FileExistsError(f"{first.parent}: every name from {first.name} on is taken")
 
-    with _temporary(first.parent, first.name, publish) as out:
+    with _temporary(first.parent, first.name, publish, to_path) as out:
         write(out)
     return taken[0]
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` is one of this pack's temporary files: hidden, ending with TEMP_SUFFIX
+    or with TEMP_SUFFIX and the extension a muxer needed (to_path)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
@@ -116,7 +129,7 @@ def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = True) -> 
     walk = os.walk(folder) if recursive else [next(os.walk(folder), (folder, [], []))]
     for root, _, files in walk:
         for name in files:
-            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+            if not is_temporary(name):
                 continue
             path = os.path.join(root, name)
             try:

@@ -107,20 +107,8 @@ class RT4KSRLoadImageFolder:
         computed, when two sources would be saved under one name or a source under its own."""
         root = cls._root(folder)
         names, notes = _listing(root, folder, pattern, recursive)
-        outputs = {}
-        for saver in _savers(prompt, unique_id):
-            outputs.update(_plan_names(root, names, saver, outputs))
-        numbered = _numbered_outputs(prompt)
-        own = {n for n in names if (path := (root / n).resolve()) in outputs
-               or any(path.parent == where and name.fullmatch(path.name) for where, name in numbered)}
-        if own:
-            notes.append(f"left out {len(own)} file{'s' * (len(own) > 1)} that this workflow writes "
-                         f"(e.g. {min(own)}): a folder batch never reads its own outputs")
-            names = [n for n in names if n not in own]
-            if not names:
-                raise FileNotFoundError(f"every image in {brief(folder)} matching {brief(pattern)} is an output "
-                                        "of this workflow; nothing is left to load")
-        return names, notes
+        searched = f"{brief(folder)} matching {brief(pattern)}"
+        return _without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveImageBatch, searched), notes
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder=None, pattern=None, recursive=None):
@@ -165,7 +153,7 @@ class RT4KSRLoadImageFolder:
 
     def load(self, folder, pattern, recursive, prompt=None, unique_id=None):
         items, notes = self._items(folder, pattern, recursive, prompt, unique_id)
-        _refuse_existing(self._root(folder), items, _savers(prompt, unique_id))
+        _refuse_existing(self._root(folder), items, prompt, unique_id, RT4KSRSaveImageBatch)
         outputs, failures = ([], [], []), []
         for item in items:
             try:
@@ -238,69 +226,102 @@ def _listing(root: Path, folder: str, pattern: str, recursive: bool,
     return sorted(names), notes
 
 
-def _savers(prompt, unique_id) -> list[dict]:
-    """The inputs of the Save Image Batch nodes whose path comes straight from loader
-    `unique_id` in `prompt`, when their naming inputs are plain values (else unknown here)."""
+def _without_own_outputs(root: Path, names: list[str], notes: list[str], prompt, unique_id, saver,
+                         searched: str) -> list[str]:
+    """`names` less the files this workflow (`prompt`) writes: those of the `saver` nodes (Save
+    Image Batch, Save Video Batch) loader `unique_id` feeds, and the numbered files of the core
+    save nodes (SaveImage, SaveVideo); a folder batch never reads its own outputs, even with the
+    output folder inside the input folder. What was left out is added to `notes`. Raises
+    ValueError, before anything is computed, when two sources would be saved under one name or
+    a source under its own, and FileNotFoundError, saying where it looked (`searched`), when
+    nothing is left."""
+    outputs = {}
+    for inputs in _savers(prompt, unique_id, saver):
+        outputs.update(_plan_names(root, names, inputs, outputs, saver))
+    numbered = _numbered_outputs(prompt)
+    own = {n for n in names if (path := (root / n).resolve()) in outputs
+           or any(path.parent == where and name.fullmatch(path.name) for where, name in numbered)}
+    if not own:
+        return names
+    notes.append(f"left out {len(own)} file{'s' * (len(own) > 1)} that this workflow writes "
+                 f"(e.g. {min(own)}): a folder batch never reads its own outputs")
+    names = [n for n in names if n not in own]
+    if not names:
+        raise FileNotFoundError(f"every {saver.ITEM} in {searched} is an output of this workflow; nothing is "
+                                "left to load")
+    return names
+
+
+def _savers(prompt, unique_id, saver) -> list[dict]:
+    """The inputs of the `saver` nodes whose path comes straight from loader `unique_id` in
+    `prompt`, when their naming inputs are plain values (else unknown here)."""
     if not isinstance(prompt, dict) or unique_id is None:
         return []
     savers = []
     for node in prompt.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
-        if not isinstance(inputs, dict) or node.get("class_type") != "RT4KSRSaveImageBatch":
+        if not isinstance(inputs, dict) or node.get("class_type") != saver.__name__:
             continue
         link = inputs.get("path")
-        named = all(isinstance(inputs.get(k), str) for k in ("name_template", "subfolder", "format"))
+        named = all(isinstance(inputs.get(k), str) for k in saver.NAMING)
         if isinstance(link, list) and len(link) == 2 and str(link[0]) == str(unique_id) and link[1] == PATH_SLOT and named:
             savers.append(inputs)
     return savers
 
 
+# The core save nodes' numbered files (`x_00001_.png`): class_type -> extension.
+NUMBERED = {"SaveImage": ".png", "SaveVideo": ".mp4"}
+
+
 def _numbered_outputs(prompt) -> list[tuple[Path, re.Pattern]]:
-    """(folder, file name pattern) of the files the Save Image nodes in `prompt` number
-    (`x_00001_.png`), for prefixes given as plain values without %date% tokens."""
+    """(folder, file name pattern) of the files the core save nodes in `prompt` number, for
+    prefixes given as plain values without %date% tokens."""
     if not isinstance(prompt, dict):
         return []
     found = []
     for node in prompt.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         prefix = inputs.get("filename_prefix") if isinstance(inputs, dict) else None
-        if not isinstance(prefix, str) or node.get("class_type") != "SaveImage" or "%" in prefix:
+        extension = NUMBERED.get(node.get("class_type")) if isinstance(node, dict) else None
+        if not isinstance(prefix, str) or extension is None or "%" in prefix:
             continue
         normal = os.path.normpath(prefix)
         try:
             where = inside(bridge.directory("output"), os.path.dirname(normal) or ".")
         except UnsafePathError:
             continue
-        found.append((where, re.compile(re.escape(os.path.basename(normal)) + r"_\d{5,}_\.png", re.IGNORECASE)))
+        pattern = re.escape(os.path.basename(normal)) + r"_\d{5,}_" + re.escape(extension)
+        found.append((where, re.compile(pattern, re.IGNORECASE)))
     return found
 
 
-def _plan_names(root: Path, names: list[str], saver: dict, taken: dict[Path, str]) -> dict[Path, str]:
-    """target -> source for one saver (names that depend on the image size are known only
-    when saving); raises ValueError for a name that cannot be written or is taken twice."""
-    template, subfolder, format = saver["name_template"], saver["subfolder"], saver["format"]
-    if {"width", "height"} & set(_fields(template)) or format not in FORMATS:
-        return {}
+def _plan_names(root: Path, names: list[str], inputs: dict, taken: dict[Path, str], saver) -> dict[Path, str]:
+    """target -> source for one `saver` node's `inputs` (names that depend on the output's size
+    are known only when saving); raises ValueError for a name that cannot be written or is
+    taken twice."""
     planned = {}
     for name in names:
-        target = RT4KSRSaveImageBatch.targets(name, template, subfolder, format)[0]
+        target = saver.planned_target(name, inputs)
+        if target is None:
+            return {}
         if target == (root / name).resolve():
             raise ValueError(f"{name} would be saved over itself as {target}: change name_template or subfolder")
         other = planned.get(target) or taken.get(target)
         if other is not None:
-            raise ValueError(_collision(name, other, target, template) + " (found before computing any image)")
+            raise ValueError(_collision(name, other, target, inputs["name_template"])
+                             + f" (found before computing any {saver.ITEM})")
         planned[target] = name
     return planned
 
 
-def _refuse_existing(root: Path, names: list[str], savers: list[dict]) -> None:
-    """When the loader gives the whole list (inside ComfyUI): refuse, before any image is
+def _refuse_existing(root: Path, names: list[str], prompt, unique_id, saver) -> None:
+    """When the loader gives the whole list (inside ComfyUI): refuse, before anything is
     computed, a batch some of whose outputs exist and may not be replaced (the runner's stream
     decides per item instead, where --resume may skip them)."""
-    for saver in savers:
-        if saver.get("overwrite") is True:
+    for inputs in _savers(prompt, unique_id, saver):
+        if inputs.get("overwrite") is True:
             continue
-        existing = [t for t in _plan_names(root, names, saver, {}) if t.exists()]
+        existing = [t for t in _plan_names(root, names, inputs, {}, saver) if t.exists()]
         if existing:
             raise FileExistsError(
                 f"{len(existing)} of the outputs already exist (e.g. {existing[0]}); set overwrite to replace "
@@ -331,6 +352,8 @@ class RT4KSRSaveImageBatch:
     # independently, so the headless runner still streams through this node.
     INPUT_IS_LIST = True
     ELEMENTWISE = True
+    # For the loader, which plans the names before any image is computed (_plan_names).
+    NAMING, ITEM = ("name_template", "subfolder", "format"), "image"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -362,6 +385,14 @@ class RT4KSRSaveImageBatch:
     def targets(cls, path, name_template, subfolder, format, count=1, width=0, height=0) -> list[Path]:
         """Where the images for source `path` go (numbered -0, -1, … for a batch of several)."""
         return output_paths(path, name_template, subfolder, FORMATS[format], count, width, height)
+
+    @classmethod
+    def planned_target(cls, path, inputs: dict) -> Path | None:
+        """Where the single image of source `path` goes, from the node's naming `inputs`; None
+        when only the image can tell (a size in the name) or the format is not known."""
+        if size_dependent(inputs["name_template"]) or inputs["format"] not in FORMATS:
+            return None
+        return cls.targets(path, inputs["name_template"], inputs["subfolder"], inputs["format"])[0]
 
     @classmethod
     def VALIDATE_INPUTS(cls, name_template=None, subfolder=None, format=None, bit_depth=None):
@@ -424,7 +455,7 @@ class RT4KSRSaveImageBatch:
         text = png_text(prompt, extra_pnginfo) if format == "png" else None
         icc = getattr(path, "icc_profile", None)
         results = []
-        written = self._written_in(prompt)
+        written = written_in(self, prompt)
         for index, (image, target) in enumerate(zip(images, targets)):
             if target in written:
                 raise ValueError(_collision(path, written[target], target, name_template))
@@ -441,14 +472,16 @@ class RT4KSRSaveImageBatch:
             results.append({"filename": relative.name, "subfolder": subfolder_name, "type": "output"})
         return {"ui": {"images": results}}
 
-    def _written_in(self, prompt) -> dict[Path, str]:
-        """target -> source for the files written during this execution. ComfyUI (and the
-        runner) pass the same `prompt` object to every call of one execution and keeps node
-        instances between executions, so a new prompt object starts a new record; holding the
-        prompt keeps its identity from being reused."""
-        if getattr(self, "_prompt", None) is not prompt or not hasattr(self, "_written"):
-            self._prompt, self._written = prompt, {}
-        return self._written
+
+
+def written_in(node, prompt) -> dict[Path, str]:
+    """target -> source for the files save node `node` wrote during this execution. ComfyUI (and
+    the runner) pass the same `prompt` object to every call of one execution and keep node
+    instances between executions, so a new prompt object starts a new record; holding the
+    prompt keeps its identity from being reused."""
+    if getattr(node, "_prompt", None) is not prompt or not hasattr(node, "_written"):
+        node._prompt, node._written = prompt, {}
+    return node._written
 
 
 def _collision(path: str, other: str, target: Path, name_template: str) -> str:

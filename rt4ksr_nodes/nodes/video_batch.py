@@ -4,7 +4,9 @@ counterparts of the image folder batch (batch.py) and the same pattern for the r
 The loader lists clips and hands out lazy VIDEO values (nothing is decoded when loading), so
 inside ComfyUI the list costs no memory and headless the runner streams the clips one by one
 (`stream_items` / `stream_load`), with --resume and per-clip failures as for images. The saver
-names each output from its source with a template and writes it through a temporary file.
+names each output from its source with a template and writes it through a temporary file; as
+Save Image Batch, it never replaces an existing file unless told to, and never saves two clips
+under one name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from pathlib import Path
 
 from ..host import bridge
-from ..files.paths import UnsafePathError, inside
+from ..files.paths import UnsafePathError, brief, inside
 from ..video.detect import VIDEO_EXTENSIONS
 from . import batch
 from .common import CATEGORY
@@ -30,7 +32,8 @@ class RT4KSRLoadVideoFolder:
         "Lists every video of a folder inside the input folder (mp4, mov, mkv, webm, avi, ...), "
         "in sorted order, as a list: the nodes after it run once per clip. Nothing is decoded "
         "here; the path output carries each file's path relative to the folder, for Save Video "
-        "Batch."
+        "Batch. The files the Save Video Batch nodes it feeds would write are never loaded, and "
+        "their names are checked before any clip is computed."
     )
     CATEGORY = CATEGORY
     # The path at batch.PATH_SLOT, where the runner's --resume looks for it, as for images.
@@ -53,20 +56,34 @@ class RT4KSRLoadVideoFolder:
                 "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern (any letter case), e.g. "
                             "*.mp4 or take_*.mov; with a / it matches the path inside the folder, e.g. day1/*.mp4."}),
                 "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
-            }
+            },
+            # As Load Image Folder: the Save Video Batch nodes fed by this loader are found, so
+            # their names are checked first and their outputs are never read back as inputs.
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def stream_items(cls, folder, pattern, recursive) -> list[str]:
-        """Relative paths (POSIX) of the matching clips (by extension), sorted, as the image
-        folder lists images (batch._listing); what was left out is logged."""
-        names, notes = batch._listing(cls._root(folder), folder, pattern, recursive, VIDEOS)
+    def stream_items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> list[str]:
+        """Relative paths (POSIX) of the clips to load, sorted (see `_items`); what was left out
+        is logged."""
+        items, notes = cls._items(folder, pattern, recursive, prompt, unique_id)
         for note in notes:
             log.warning("Load Video Folder (RT4KSR): %s", note)
-        return names
+        return items
 
     @classmethod
-    def stream_load(cls, item: str, folder, pattern, recursive) -> tuple:
+    def _items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> tuple[list[str], list[str]]:
+        """The matching clips (by extension), as the image folder lists images
+        (batch._listing), less the files this workflow writes (batch._without_own_outputs),
+        and notes on what was left out."""
+        root = cls._root(folder)
+        names, notes = batch._listing(root, folder, pattern, recursive, VIDEOS)
+        searched = f"{brief(folder)} matching {brief(pattern)}"
+        names = batch._without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveVideoBatch, searched)
+        return names, notes
+
+    @classmethod
+    def stream_load(cls, item: str, folder, pattern, recursive, **_) -> tuple:
         """One clip's outputs, each a one-element list; reading its headers here makes a file
         that is not a video fail as this item, before any work."""
         from ..video.source import open_video
@@ -87,11 +104,12 @@ class RT4KSRLoadVideoFolder:
         return True if root.is_dir() else batch._no_folder(folder, "video")
 
     @classmethod
-    def IS_CHANGED(cls, folder, pattern, recursive) -> str:
-        """Each matching file's path, size and modification time: new or replaced clips rerun."""
+    def IS_CHANGED(cls, folder, pattern, recursive, **_) -> str:
+        """Each matching file's path, size and modification time: new or replaced clips rerun.
+        Quiet: ComfyUI asks at every queued prompt; what is left out is told when loading."""
         root = cls._root(folder)
         digest = hashlib.sha256()
-        for item in cls.stream_items(folder, pattern, recursive):
+        for item in batch._listing(root, folder, pattern, recursive, VIDEOS)[0]:
             stat = (root / item).stat()
             digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
@@ -100,30 +118,38 @@ class RT4KSRLoadVideoFolder:
     def _root(folder: str) -> Path:
         return inside(bridge.directory("input"), folder or ".")
 
-    def load(self, folder, pattern, recursive):
+    def load(self, folder, pattern, recursive, prompt=None, unique_id=None):
+        items, notes = self._items(folder, pattern, recursive, prompt, unique_id)
+        batch._refuse_existing(self._root(folder), items, prompt, unique_id, RT4KSRSaveVideoBatch)
         outputs, failures = ([], [], []), []
-        for item in self.stream_items(folder, pattern, recursive):
+        for item in items:
             try:
                 loaded = self.stream_load(item, folder, pattern, recursive)
             except ValueError as error:  # not a video: the other clips still run
-                log.warning("Load Video Folder (RT4KSR): skipping %s", error)
                 failures.append(str(error))
                 report = batch.SKIPPED.get()
                 if report:
-                    report(item, str(error))
+                    report(item, str(error))  # the runner counts it as a failed item
+                else:
+                    notes.append(f"skipped {error}")
                 continue
             for collected, value in zip(outputs, loaded):
                 collected.extend(value)
         if failures and not outputs[0]:
             raise ValueError("no video could be read: " + "; ".join(failures))
-        return outputs
+        for note in notes:
+            log.warning("Load Video Folder (RT4KSR): %s", note)
+        # Shown on the node (and kept in the history): a skipped file is not a silent success.
+        return {"ui": {"text": notes}, "result": outputs} if notes else outputs
 
 
 class RT4KSRSaveVideoBatch:
     DESCRIPTION = (
         "Saves each clip under the output folder with its source's relative path and a name "
         "template ({stem}: source name without extension; {ext}, {width}, {height}). The "
-        "encoding is the clip's own (Upscale Video (RT4KSR)'s codec and crf); audio is kept."
+        "encoding is the clip's own (Upscale Video (RT4KSR)'s codec and crf); audio is kept. "
+        "An existing file is never replaced unless overwrite is on, and two clips are never "
+        "saved under one name."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ()
@@ -131,6 +157,8 @@ class RT4KSRSaveVideoBatch:
     OUTPUT_TOOLTIPS = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
+    # For the loader, which plans the names before any clip is computed (batch._plan_names).
+    NAMING, ITEM = ("name_template", "subfolder", "container"), "clip"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -143,6 +171,10 @@ class RT4KSRSaveVideoBatch:
                 "subfolder": ("STRING", {"default": "", "tooltip": "Folder inside the output folder."}),
                 "container": (CONTAINERS, {"default": "mp4", "tooltip": "File type (prores needs mov)."}),
             },
+            "optional": {  # optional, so that workflows saved before it existed keep working
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace outputs that already exist; "
+                              "off: an existing output is never replaced (the clip fails with a clear error)."}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
@@ -150,6 +182,14 @@ class RT4KSRSaveVideoBatch:
     def target(cls, path, name_template, subfolder, container, width=0, height=0) -> Path:
         """Named as Save Image Batch names its images (batch.output_paths)."""
         return batch.output_paths(path, name_template, subfolder, f".{container}", 1, width, height)[0]
+
+    @classmethod
+    def planned_target(cls, path, inputs: dict) -> Path | None:
+        """Where source `path`'s clip goes, from the node's naming `inputs`; None when only the
+        clip can tell (a size in the name) or the container is not known."""
+        if batch.size_dependent(inputs["name_template"]) or inputs["container"] not in CONTAINERS:
+            return None
+        return cls.target(path, inputs["name_template"], inputs["subfolder"], inputs["container"])
 
     @classmethod
     def VALIDATE_INPUTS(cls, name_template=None, subfolder=None):
@@ -170,9 +210,25 @@ class RT4KSRSaveVideoBatch:
             return False
         return cls.target(path, name_template, subfolder, container).is_file()
 
-    def save(self, video, path, name_template, subfolder, container, prompt=None, extra_pnginfo=None):
+    @classmethod
+    def existing_output(cls, path, name_template, subfolder, container, overwrite=False, **_) -> str | None:
+        """Why this clip must not be computed (the runner asks first): its output exists and
+        may not be replaced."""
+        if overwrite is True or not cls.output_complete(path, name_template, subfolder, container):
+            return None
+        return batch._exists(cls.target(path, name_template, subfolder, container))
+
+    def save(self, video, path, name_template, subfolder, container, overwrite=False, prompt=None,
+             extra_pnginfo=None):
         target = self.target(path, name_template, subfolder, container, *video.get_dimensions())
-        save_video(video, target, metadata=comfy_metadata(prompt, extra_pnginfo))
+        written = batch.written_in(self, prompt)
+        if target in written:
+            raise ValueError(batch._collision(path, written[target], target, name_template))
+        written[target] = path
+        try:
+            save_video(video, [target], metadata=comfy_metadata(prompt, extra_pnginfo), overwrite=overwrite)
+        except FileExistsError:  # never replaced, even when another run wrote it meanwhile
+            raise FileExistsError(batch._exists(target)) from None
         relative = target.relative_to(bridge.directory("output").resolve())
         folder = "" if relative.parent == Path(".") else relative.parent.as_posix()
         return {"ui": {"images": [{"filename": relative.name, "subfolder": folder, "type": "output"}],

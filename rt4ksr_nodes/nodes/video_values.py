@@ -16,9 +16,12 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
+
+from ..files.paths import atomic_write, write_first_free
 
 # What the mp4/mov muxers need to keep tags they do not know (ComfyUI's prompt and workflow).
 MP4_OPTIONS = {"movflags": "use_metadata_tags"}
@@ -216,16 +219,22 @@ def decode(container) -> Components:
     return Components(images=images, frame_rate=frame_rate, audio=audio, metadata=dict(container.metadata))
 
 
-def save_video(video, target: Path, format=AUTO, codec=AUTO, metadata: dict | None = None) -> None:
-    """video.save_to into `target` through a hidden temporary file beside it (same extension,
-    which picks the muxer), renamed when complete: a file under its final name is whole."""
-    temporary = target.parent / f".{target.name}.part{target.suffix}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        video.save_to(str(temporary), format=format, codec=codec, metadata=metadata)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+def save_video(video, names: Iterable[Path], format=AUTO, codec=AUTO, metadata: dict | None = None, *,
+               overwrite: bool = False) -> Path:
+    """video.save_to through a hidden temporary file beside the target (with its extension,
+    which picks the muxer), given its name when complete: a file under its final name is whole.
+    The name is the first of `names` that is free, claimed by creating it, so concurrent savers
+    never take the same name or replace each other's file (FileExistsError when none is free);
+    with `overwrite`, the first of `names`, replaced if it exists. Returns the name taken."""
+    def write(temporary: str) -> None:
+        video.save_to(temporary, format=format, codec=codec, metadata=metadata)
+
+    if overwrite:
+        target = next(iter(names))
+        with atomic_write(target, to_path=True) as temporary:
+            write(temporary)
+        return target
+    return write_first_free(names, write, to_path=True)
 
 
 def comfy_metadata(prompt, extra_pnginfo) -> dict | None:

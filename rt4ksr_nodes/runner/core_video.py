@@ -4,11 +4,12 @@ names, inputs, outputs and files: LoadVideo, SaveVideo, CreateVideo, GetVideoCom
 The VIDEO values are the pack's FileVideo and ComponentsVideo, which behave as ComfyUI's
 VideoFromFile and VideoFromComponents; Upscale Video (RT4KSR)'s lazy VIDEO streams through
 SaveVideo here as in the server. Files stay inside the input and output folders, and SaveVideo
-writes a temporary file renamed when complete.
+writes a temporary file named when complete, taking the first free counter as Save Image does.
 """
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 from ..host import bridge
@@ -67,9 +68,11 @@ class SaveVideo:
         folder, filename, counter, subfolder, _ = save_image_path(
             filename_prefix, bridge.directory("output"), width, height
         )
-        name = f"{filename}_{counter:05}_.mp4"  # the extension of both formats, auto and mp4
-        save_video(video, folder / name, format, codec, comfy_metadata(prompt, extra_pnginfo))
-        return {"ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}],
+        # The extension of both formats, auto and mp4. The counter is taken by creating the file,
+        # as Save Image does: runs sharing the folder never take or replace each other's file.
+        names = (folder / f"{filename}_{number:05}_.mp4" for number in itertools.count(counter))
+        path = save_video(video, names, format, codec, comfy_metadata(prompt, extra_pnginfo))
+        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
                        "animated": (True,)}}
 
 

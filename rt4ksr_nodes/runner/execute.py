@@ -16,6 +16,7 @@ An item that fails (a corrupt file, say) is reported and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ from ..host import bridge
 from ..engine.cpu import sharing_cores, usable_cores
 from ..files.paths import shorten
 from ..nodes import batch
+from ..nodes.upscale import compute_device
 from .validate import input_spec, is_link, needed_nodes, output_nodes
 
 Event = Callable[[dict], None]
@@ -283,7 +285,7 @@ class Runner:
         reader = threading.Thread(target=self._prefetch, args=(cls, items, arguments, static, source, decoded, stop),
                                   name="rt4ksr-prefetch", daemon=True)
         pending: deque = deque()
-        with _Writers(self.jobs, self.hurry) as writers, sharing_cores() as share:
+        with _Writers(self.jobs, self.hurry) as writers, self._sharing(writers):
             reader.start()
             try:
                 for _ in items:
@@ -291,7 +293,6 @@ class Runner:
                     _check_interrupt()
                     files, futures = [], []
                     if outputs is not None and error is None:
-                        share(writers.busy())  # the model gets the cores the encoders leave
                         error, files, futures = self._run_item(source, outputs, static, downstream, writers)
                         error = error and f"{item}: {error}"
                     # Reported in order, once the item's writes are done; a skip has no outputs.
@@ -304,6 +305,13 @@ class Runner:
                 _empty(decoded)
                 self._drain(pending, summary, block=True)
                 reader.join()
+
+    @staticmethod
+    def _sharing(writers: "_Writers"):
+        """On the CPU, the model gets the cores the encoders leave, layer by layer
+        (engine.cpu.sharing_cores); a GPU model leaves the CPU to them anyway, and its compiled
+        graphs are best kept free of module hooks."""
+        return sharing_cores(writers.busy) if compute_device().type == "cpu" else contextlib.nullcontext()
 
     def _prefetch(self, cls, items, arguments, static, source, decoded, stop) -> None:
         """Decode items in order ahead of the model; (item, None, None) marks a resume skip."""
