@@ -159,9 +159,9 @@ class UpscaledVideo:
             upscale_video(
                 self.model, source, destination, codec=codec, crf=crf, metadata=tags(metadata, keep_text=True),
                 tile_size=self.tile_size, precision=self.precision,
-                # Replaces what save_to was pointed at; a fresh name (Save Video's) is not
-                # "overwrite", which would also throw away an earlier run's segments unasked.
-                device=device, overwrite=destination.exists(),
+                # Replaces what save_to was pointed at (Save Video's temporary file among them),
+                # never an earlier run's segments: only --resume decides about those.
+                device=device, overwrite=True, restart=False,
                 progress=(lambda done, total: bar(done, total or done)) if bar else None,
                 cancel=bridge.interrupted, warn=lambda message: log.warning("%s: %s", NAME, message),
                 **segments,

@@ -100,6 +100,7 @@ def upscale_video(
     warn: Warn | None = None,
     segment: float | str | None = None,
     resume: bool = False,
+    restart: bool | None = None,
     run_segments: RunSegments | None = None,
 ) -> VideoResult:
     """Upscale the video `src` by `model.scale` into `dst`, streamed.
@@ -125,8 +126,8 @@ def upscale_video(
     .rt4ksr-segments/), by `run_segments` (default segments.run_locally, one after another;
     progress then counts the frames of the segments still to do), then joined into dst
     without re-encoding. Stopped or failed, the finished segments are kept: `resume=True` keeps
-    them and does the rest; without it they raise VideoError unless overwrite=True, which
-    starts over. See README, "Long videos".
+    them and does the rest; without it they raise VideoError unless `restart` (default: as
+    overwrite) is true, which starts over. See README, "Long videos".
     """
     if not available():
         raise VideoError(INSTALL_HINT)
@@ -156,7 +157,8 @@ def upscale_video(
 
         frames = upscale_in_segments(
             model, source, dst, encoder_plan, options, seconds=segment, alpha=alpha, tile_size=tile_size,
-            precision=precision, device=device, overwrite=overwrite, resume=resume, run_segments=run_segments,
+            precision=precision, device=device, overwrite=overwrite, restart=overwrite if restart is None else restart,
+            resume=resume, run_segments=run_segments,
             progress=progress, cancel=cancel, note=note,
         )
         return VideoResult(dst, frames, tuple(said))

@@ -38,7 +38,7 @@ ROOT = ".rt4ksr-segments"
 
 def upscale_in_segments(
     model: torch.nn.Module, source: VideoSource, dst: Path, encoder_plan: EncoderPlan, options: EncodeOptions, *,
-    seconds: float, alpha: str, tile_size: int, precision, device, overwrite: bool, resume: bool,
+    seconds: float, alpha: str, tile_size: int, precision, device, overwrite: bool, restart: bool, resume: bool,
     run_segments: RunSegments | None, progress: Progress | None, cancel: Cancel | None, note: Warn,
 ) -> int:
     """Plan, run the segments not finished yet through `run_segments` (default run_locally),
@@ -60,7 +60,7 @@ def upscale_in_segments(
             handle.write(json.dumps(plan, indent=1).encode())
         finished = [index for index in range(count) if job.is_done(index)]
         if finished and not resume:
-            if not overwrite:
+            if not restart:
                 raise VideoError(
                     f"{len(finished)} of {count} segments of an earlier run are in {workdir}: rerun with "
                     "--resume (resume=True) to keep them, or --overwrite (overwrite=True) to start over"
