@@ -50,8 +50,10 @@ def run_on_ray(address: str | None = None, workers: int | None = None) -> RunSeg
 class _Map:
     def __init__(self, ray, job: SegmentJob, workers: int | None):
         self.ray, self.job = ray, job
-        count, self.resources = slots(ray)
-        self.width = workers or count
+        _, self.resources = slots(ray)
+        # Without a limit every segment is submitted at once: Ray starts the next on a worker
+        # the moment one is free, with no round trip to this driver in between.
+        self.width = workers or len(job.segments)
 
     def run(self, model, pending: list[int], progress, cancel, warn) -> None:
         ray, job = self.ray, self.job
