@@ -122,7 +122,7 @@ def remove_joined(folder: Path) -> None:
             continue
         if [stat.st_size, stat.st_mtime_ns] != [mark["size"], mark["mtime_ns"]]:
             continue
-        with contextlib.suppress(VideoError), _locked(workdir):
+        with contextlib.suppress(VideoError, OSError), _locked(workdir):
             _remove(workdir)
 
 
