@@ -342,8 +342,8 @@ def test_segments_that_miss_their_plan_are_discarded_and_auto_falls_back_to_one_
         return (first, dataclasses.replace(second, frames=second.frames + 1), *rest)
 
     monkeypatch.setattr(workdir, "plan_segments", wrong)
-    with pytest.raises(VideoError, match=r"segment 1 has 6 frames where the plan has 7: .* cannot be cut into "
-                                         r"segments reliably; upscale it in one pass \(--segment 0\)"):
+    with pytest.raises(VideoError, match=r"segment 1 has 6 frames where the plan has 7; .* cannot be cut into "
+                                         r"segments reliably: upscale it in one pass \(--segment 0\)"):
         upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.25)
     assert not (tmp_path / workdir.ROOT).exists() and not out.exists()  # nothing a rerun would trip on
     # Segments chosen automatically ("auto", here): the clip is made in one pass instead.
@@ -352,7 +352,7 @@ def test_segments_that_miss_their_plan_are_discarded_and_auto_falls_back_to_one_
     said = []
     assert upscale_video(fused_models[2], source, out, codec="ffv1", segment="auto", warn=said.append).frames == 24
     assert decode(out)[1] == decode(source)[1] and not (tmp_path / workdir.ROOT).exists()
-    assert [m for m in said if "cannot be cut into segments reliably; it is done in one pass" in m], said
+    assert [m for m in said if "cannot be cut into segments reliably: it is done in one pass" in m], said
 
 
 def test_a_folder_left_after_its_output_was_published_goes_and_the_lock_is_held_to_the_end(tmp_path, monkeypatch,

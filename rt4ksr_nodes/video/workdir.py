@@ -94,9 +94,9 @@ def upscale_in_segments(
         except SegmentMismatch as error:  # its segments cannot be trusted, kept or not
             _remove(workdir)
             if fallback:
-                note(f"{error}: {source.path} cannot be cut into segments reliably; it is done in one pass")
+                note(f"{error}; {source.path} cannot be cut into segments reliably: it is done in one pass")
                 return None
-            raise VideoError(f"{error}: {source.path} cannot be cut into segments reliably; upscale it in "
+            raise VideoError(f"{error}; {source.path} cannot be cut into segments reliably: upscale it in "
                              "one pass (--segment 0)") from None
         except BaseException:
             kept = sum(map(job.is_done, range(count)))
