@@ -113,8 +113,11 @@ def upscale_in_segments(
 def remove_joined(folder: Path) -> None:
     """Remove the segment folders under `folder` whose output was published but which a killed
     run left (a `joined` mark naming that very file), unless a run holds them."""
-    root = folder / ROOT
-    for workdir in sorted(root.iterdir()) if root.is_dir() else ():
+    try:
+        folders = sorted((folder / ROOT).iterdir())
+    except OSError:  # none there
+        return
+    for workdir in folders:
         try:
             mark = json.loads((workdir / JOINED).read_text())
             stat = Path(mark["destination"]).stat()
@@ -184,9 +187,12 @@ def _locked(workdir: Path) -> Iterator[None]:
                 except BlockingIOError:
                     raise VideoError(f"another run of the same job is writing segments in {workdir}; "
                                      "wait for it to end") from None
-                with contextlib.suppress(FileNotFoundError):
-                    if os.stat(workdir / LOCK).st_ino != os.fstat(lock.fileno()).st_ino:
-                        continue
+                try:
+                    current = os.stat(workdir / LOCK).st_ino == os.fstat(lock.fileno()).st_ino
+                except FileNotFoundError:
+                    current = False
+                if not current:
+                    continue
             yield
             return
 
