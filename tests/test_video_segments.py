@@ -6,6 +6,7 @@ Expected keyframes and timestamps come from demuxing / decoding the source indep
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import signal
@@ -165,7 +166,7 @@ def test_kill_9_then_resume_redoes_only_unfinished_segments(tmp_path, monkeypatc
     assert main(["-i", str(source), "--scale", "2", "-o", str(out), "--segment", "0.5", "--resume"]) == 0
 
 
-def test_stopped_run_kept_refused_without_resume_damaged_segment_redone(tmp_path, fused_models):
+def test_stopped_run_kept_refused_without_resume_damaged_segment_redone(tmp_path, monkeypatch, fused_models):
     source = tmp_path / "clip.mkv"
     write_clip(source, pictures(40, 32, 48), options={"x264-params": "keyint=8:min-keyint=8:scenecut=0"})
     out = tmp_path / "clip--2x.mkv"
@@ -176,7 +177,8 @@ def test_stopped_run_kept_refused_without_resume_damaged_segment_redone(tmp_path
     [job] = (tmp_path / workdir.ROOT).iterdir()
     assert sorted(p.name for p in job.glob("segment-*")) == ["segment-00000.mkv", "segment-00001.mkv"]
     assert any(f"2 of 5 segments are kept in {job}" in m and "--resume" in m for m in said), said
-    with pytest.raises(VideoError, match=r"2 of 5 segments of an earlier run are in .*--resume.*--overwrite"):
+    with pytest.raises(VideoError, match=rf"2 of 5 segments of an earlier run are in {job}: rerun with resume "
+                                         rf"\(--resume\) to keep them, or delete {job} to start over"):
         upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.3)
     # A second run of the same job while the first holds the folder: refused, naming it.
     with open(job / "lock", "wb") as lock:
@@ -188,12 +190,15 @@ def test_stopped_run_kept_refused_without_resume_damaged_segment_redone(tmp_path
     kept = (job / "segment-00000.mkv").stat().st_mtime_ns
     pending = []
 
+    real = workdir.run_locally
+
     def run(model, job_, indices, progress, cancel, warn):
         pending.extend(indices)
         assert (job / "segment-00000.mkv").stat().st_mtime_ns == kept
-        workdir.run_locally(model, job_, indices, progress, cancel, warn)
+        real(model, job_, indices, progress, cancel, warn)
 
-    upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.3, resume=True, run_segments=run)
+    monkeypatch.setattr(workdir, "run_locally", run)
+    upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.3, resume=True)
     assert pending == [1, 2, 3, 4]  # the truncated one is made again
     single = tmp_path / "single.mkv"
     upscale_video(fused_models[2], source, single, codec="ffv1")
@@ -204,12 +209,11 @@ def test_sources_that_cannot_be_cut_are_done_in_one_piece(tmp_path, fused_models
     source = tmp_path / "one-gop.mp4"
     write_clip(source, pictures(20, 32, 48), options={"x264-params": "keyint=100:scenecut=0"})
     said = []
-    [segment] = plan_segments(source, 0.1, said.append)
-    assert (segment.frames, segment.seek, segment.end) == (20, None, None)
-    assert said == [f"{source}: cannot be cut into segments (it has a single keyframe); it is done in one piece"]
+    assert plan_segments(source, 0.1, said.append) is None
+    assert said == [f"{source}: cannot be cut into segments (it has a single keyframe); it is done in one pass"]
     out = tmp_path / "out.mp4"
     assert upscale_video(fused_models[2], source, out, segment=0.1, warn=said.append).frames == 20
-    assert decode(out)[1] == decode(source)[1]
+    assert decode(out)[1] == decode(source)[1] and not (tmp_path / workdir.ROOT).exists()  # a plain pass
     avi = tmp_path / "out.avi"
     upscale_video(fused_models[2], source, avi, segment=0.1, warn=said.append)
     assert said[-1] == f"{avi}: .avi outputs are made in one pass, not in segments"
@@ -241,3 +245,177 @@ def test_only_frames_the_decoder_shows_are_planned(tmp_path, fused_models):
     assert len(shown) == 27 and sum(s.frames for s in plan_segments(trimmed, 0.3, pytest.fail)) == 27
     upscale_video(fused_models[2], trimmed, out, codec="ffv1", segment=0.3, overwrite=True)
     assert len(decode(out)[1]) == 27
+
+
+def _from_second_keyframe(whole, out) -> None:
+    """A stream copy of `whole` from its second keyframe on: a recording that starts at an
+    open-GOP I-frame (its leading pictures reference a GOP that is not in the file)."""
+    with av.open(str(whole)) as original, av.open(str(out), "w") as cut:
+        stream = original.streams.video[0]
+        copy = cut.add_stream_from_template(stream)
+        stored = [p for p in original.demux(stream) if p.size]
+        second = [i for i, p in enumerate(stored) if p.is_keyframe][1]
+        for packet in stored[second:]:
+            packet.stream = copy
+            cut.mux(packet)
+
+
+def test_a_recording_starting_with_leading_pictures_plans_only_what_is_shown(tmp_path, fused_models):
+    whole, source = tmp_path / "whole.mkv", tmp_path / "rec.mkv"
+    write_clip(whole, pictures(48, 32, 48), options=OPEN_GOP)
+    _from_second_keyframe(whole, source)
+    shown = decode(source)[1]
+    with av.open(str(source)) as container:
+        stored = sorted(p.pts for p in container.demux(video=0) if p.size)
+    assert len(stored) > len(shown) and stored[0] < shown[0]  # stored after the I-frame, never shown
+    segments = plan_segments(source, 0.3, pytest.fail)
+    assert len(segments) >= 3 and segments[0].start == shown[0]
+    assert [s.frames for s in segments] == [sum(s.start <= t < (s.end or 10**9) for t in shown) for s in segments]
+    single, segmented = tmp_path / "single.mkv", tmp_path / "segmented.mkv"
+    upscale_video(fused_models[2], source, single, codec="ffv1")
+    assert upscale_video(fused_models[2], source, segmented, codec="ffv1", segment=0.3, warn=pytest.fail).frames == 40
+    _assert_same_video(segmented, single)
+    # The same in MPEG-TS (a broadcast capture), where seeking misses keyframes: one plain pass.
+    whole_ts, ts = tmp_path / "whole.ts", tmp_path / "rec.ts"
+    write_clip(whole_ts, pictures(48, 32, 48), options=OPEN_GOP)
+    _from_second_keyframe(whole_ts, ts)
+    out = tmp_path / "ts.mkv"
+    assert upscale_video(fused_models[2], ts, out, codec="ffv1", segment=0.3, warn=lambda m: None).frames == 40
+    assert len(decode(out)[1]) == len(decode(ts)[1]) == 40 and not (tmp_path / workdir.ROOT).exists()
+
+
+def test_sources_whose_pts_are_not_presentation_times_or_that_seek_off_keyframes_are_not_cut(tmp_path, fused_models):
+    avi = tmp_path / "b.avi"  # AVI keeps no pts: with B-frames FFmpeg guesses them in decode order
+    write_clip(avi, pictures(40, 32, 48), options={"x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=2"})
+    remuxed = tmp_path / "b.mkv"  # those guesses stored as pts in a container that keeps them
+    with av.open(str(avi)) as original, av.open(str(remuxed), "w") as copy:
+        stream = original.streams.video[0]
+        target = copy.add_stream_from_template(stream)
+        for packet in original.demux(stream):
+            if packet.size:
+                packet.stream = target
+                copy.mux(packet)
+    mpg = tmp_path / "m2.mpg"  # MPEG-PS: a seek lands past the keyframe it asked for
+    write_clip(mpg, pictures(40, 32, 48), codec="mpeg2video", options={"g": "8", "bf": "2"})
+    said = []
+    assert [plan_segments(path, 0.3, said.append) for path in (avi, remuxed, mpg)] == [None] * 3
+    assert said == [f"{path}: cannot be cut into segments ({why}); it is done in one pass" for path, why in [
+        (avi, "AVI stores no presentation times"),
+        (remuxed, "its packets' timestamps are not the order the frames are shown in"),
+        (mpg, "FFmpeg cannot seek in it to a keyframe")]]
+    for source in (avi, mpg):
+        single, segmented = tmp_path / f"{source.suffix[1:]}-single.mkv", tmp_path / f"{source.suffix[1:]}-seg.mkv"
+        upscale_video(fused_models[2], source, single, codec="ffv1")
+        upscale_video(fused_models[2], source, segmented, codec="ffv1", segment=0.3, warn=lambda m: None)
+        _assert_same_video(segmented, single)
+        assert frame_times(segmented) == frame_times(single)
+
+
+def test_the_join_refuses_segments_that_overlap(tmp_path):
+    from types import SimpleNamespace
+
+    from rt4ksr_nodes.video.join import _video_packets
+    from rt4ksr_nodes.video.segments import Segment
+
+    paths = [tmp_path / "segment-0.mkv", tmp_path / "segment-1.mkv"]
+    for path in paths:  # 10 frames at 24 fps each, from pts 0 (ms): the first runs to 375 ms
+        write_clip(path, pictures(10, 16, 16), codec="ffv1")
+    job = SimpleNamespace(segments=(Segment(0, 0, 200, None, 10), Segment(1, 200, None, 0, 10)),
+                          segment_path=lambda index: paths[index])
+    with av.open(str(paths[0])) as template, av.open(str(tmp_path / "joined.mkv"), "w") as output:
+        video = output.add_stream_from_template(template.streams.video[0])
+        with pytest.raises(VideoError, match="segment-1.mkv: a frame at pts 200 is not after the previous "
+                                             r"segment's last \(375\): the segments overlap"):
+            list(_video_packets(job, video, Fraction(1, 1000)))
+
+
+def test_segments_that_miss_their_plan_are_discarded_and_auto_falls_back_to_one_pass(tmp_path, monkeypatch,
+                                                                                     fused_models):
+    from rt4ksr_nodes.video import policy
+
+    source, out = tmp_path / "clip.mkv", tmp_path / "out.mkv"
+    write_clip(source, pictures(24, 32, 48), options={"g": "6"})
+    real = workdir.plan_segments
+
+    def wrong(path, seconds, note):  # as a planner misled by the file would be
+        first, second, *rest = real(path, seconds, note)
+        return (first, dataclasses.replace(second, frames=second.frames + 1), *rest)
+
+    monkeypatch.setattr(workdir, "plan_segments", wrong)
+    with pytest.raises(VideoError, match=r"segment 1 has 6 frames where the plan has 7; .* cannot be cut into "
+                                         r"segments reliably: upscale it in one pass \(--segment 0\)"):
+        upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.25)
+    assert not (tmp_path / workdir.ROOT).exists() and not out.exists()  # nothing a rerun would trip on
+    # Segments chosen automatically ("auto", here): the clip is made in one pass instead.
+    monkeypatch.setattr(policy, "AUTO_LONGER_THAN", 0.5)
+    monkeypatch.setattr(policy, "AUTO_SEGMENT", 0.25)
+    said = []
+    assert upscale_video(fused_models[2], source, out, codec="ffv1", segment="auto", warn=said.append).frames == 24
+    assert decode(out)[1] == decode(source)[1] and not (tmp_path / workdir.ROOT).exists()
+    assert [m for m in said if "cannot be cut into segments reliably: it is done in one pass" in m], said
+
+
+def test_a_folder_left_after_its_output_was_published_goes_and_the_lock_is_held_to_the_end(tmp_path, monkeypatch,
+                                                                                          fused_models):
+    source, out = tmp_path / "clip.mkv", tmp_path / "out.mkv"
+    write_clip(source, pictures(12, 32, 48), options={"g": "6"})
+    real, held = workdir._remove, []
+
+    def killed(folder):  # the moment after the join published out: the lock is still held
+        with open(folder / "lock", "rb") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(folder)
+
+    monkeypatch.setattr(workdir, "_remove", killed)
+    upscale_video(fused_models[2], source, out, codec="ffv1", segment=0.25)
+    monkeypatch.setattr(workdir, "_remove", real)
+    [job] = (tmp_path / workdir.ROOT).iterdir()
+    assert held == [job] and out.exists() and (job / "joined").exists()
+    with open(job / "lock", "wb") as lock:  # a run holds it: kept
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workdir.remove_joined(tmp_path)
+        assert job.is_dir()
+    stat = out.stat()
+    os.utime(out, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # not the file it published: kept
+    workdir.remove_joined(tmp_path)
+    assert job.is_dir()
+    os.utime(out, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # The next segmented job writing into that folder removes it (else its segments, the same
+    # job's, would be refused as an earlier run's).
+    upscale_video(fused_models[2], source, tmp_path / "again.mkv", codec="ffv1", segment=0.25)
+    assert not (tmp_path / workdir.ROOT).exists()
+
+
+def test_the_cli_skipping_a_published_output_removes_what_a_kill_after_its_join_left(tmp_path, monkeypatch,
+                                                                                     fused_models):
+    source, out = tmp_path / "clip.mkv", tmp_path / "clip--2x.mkv"
+    write_clip(source, pictures(12, 32, 48), options={"g": "6"})
+    real = workdir._remove
+    monkeypatch.setattr(workdir, "_remove", lambda folder: None)  # killed right after the join
+    argv = ["-i", str(source), "--scale", "2", "-o", str(out), "--codec", "ffv1", "--segment", "0.25"]
+    assert main(argv) == 0
+    monkeypatch.setattr(workdir, "_remove", real)
+    assert out.exists() and any((tmp_path / workdir.ROOT).iterdir())
+    assert main([*argv, "--resume"]) == 0  # skipped: the output is there
+    assert not (tmp_path / workdir.ROOT).exists()
+
+
+def test_resume_key_has_the_planner_version_and_the_resolved_precision_and_device(tmp_path, fused_models):
+    import torch
+
+    from rt4ksr_nodes.video.codecs import EncodeOptions, plan
+    from rt4ksr_nodes.video.segments import PLAN_VERSION
+    from rt4ksr_nodes.video.source import probe
+
+    clip = tmp_path / "clip.mkv"
+    write_clip(clip, pictures(4, 16, 16))
+    source, model = probe(clip), fused_models[2]
+    encoder_plan = plan(source, 2, EncodeOptions(codec="ffv1"), tmp_path / "out.mkv", "model")
+    key = {(precision, here): workdir._key_inputs(model, source, encoder_plan, 1.0, "model", precision, "auto", here)
+           for precision in ("auto", "fp32", "fp16") for here in (True, False)}
+    gpu = torch.cuda.is_available()
+    assert key["auto", True] == key["fp16" if gpu else "fp32", True] != key["fp32" if gpu else "fp16", True]
+    assert key["auto", True]["device"] == ("cuda" if gpu else "cpu") and key["auto", True]["version"] == PLAN_VERSION
+    # Run elsewhere (Ray) "auto" is each worker's: not the same job as one run here.
+    assert key["auto", False] != key["auto", True] and key["auto", False]["precision"] == "auto"

@@ -294,6 +294,7 @@ def run_job(model, job: Job, args) -> str:
             return "failed"
         if args.skip_existing or args.resume:
             print(f"{job.source}: skipped, {job.destination} exists", file=sys.stderr)
+            video.remove_leftovers(job.destination)
             return "skipped"
         _report(job.source, f"{job.destination} exists (use --overwrite to replace it, "
                             "--skip-existing to leave it)")

@@ -120,6 +120,14 @@ def upscale_file(model, source: Path, destination: Path, args: argparse.Namespac
             bar.close()
 
 
+def remove_leftovers(destination: Path) -> None:
+    """The segments of `destination` that a run killed after publishing it left behind."""
+    if available() and destination.suffix.lower() in OUTPUT_EXTENSIONS:
+        from .workdir import remove_joined
+
+        remove_joined(destination.parent)
+
+
 def _progress_bar(source: Path, forced: bool):
     if not (forced or sys.stderr.isatty()):
         return None

@@ -15,7 +15,7 @@ import av
 from .codecs import EncoderPlan
 from .errors import VideoError
 from .pipeline import Warn, close_quietly, copy_container, copy_tags, open_output, tag_video_stream
-from .segments import SegmentJob
+from .segments import SegmentJob, SegmentMismatch
 from .source import VideoSource, main_stream, open_video
 
 EARLIEST = Fraction(-(10**18))  # where a packet without any timestamp goes: muxed as it comes
@@ -71,12 +71,14 @@ def _copied_packets(container, copied: dict) -> Iterator[av.Packet]:
 
 
 def _video_packets(job: SegmentJob, video, time_base: Fraction) -> Iterator[av.Packet]:
-    """Every segment's video packets in order, timestamps made exact and decode times monotonic."""
-    last = None  # the dts of the packet before
+    """Every segment's video packets in order, timestamps made exact and decode times monotonic;
+    SegmentMismatch where a segment is not what the plan says or overlaps the one before."""
+    last, latest = None, None  # the dts of the packet before; the latest pts of the segments before
     for segment in job.segments:
-        with av.open(str(job.segment_path(segment.index))) as container:
+        path = job.segment_path(segment.index)
+        with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            shift, count = None, 0
+            shift, count, top = None, 0, None
             for packet in container.demux(stream):
                 if not packet.size:
                     continue
@@ -86,18 +88,25 @@ def _video_packets(job: SegmentJob, video, time_base: Fraction) -> Iterator[av.P
                     # in the movie's time scale (ms), which may move it by a fraction of a ms.
                     shift = _rescale(segment.start, time_base, stream.time_base) - packet.pts
                 packet.pts += shift
+                if latest is not None and packet.pts <= latest:
+                    raise SegmentMismatch(f"{path}: a frame at pts {packet.pts} is not after the previous "
+                                          f"segment's last ({latest}): the segments overlap")
+                top = packet.pts if top is None else max(top, packet.pts)
                 if packet.dts is not None:
                     dts = packet.dts + shift
                 else:  # Matroska and NUT give no dts to the first packets before B-frames
                     dts = packet.pts if last is None else last + 1
                 if last is not None and dts <= last:  # across a boundary
-                    dts = min(last + 1, packet.pts)
+                    dts = last + 1
+                    if dts > packet.pts:
+                        raise SegmentMismatch(f"{path}: its decode times cannot follow the previous "
+                                              f"segment's (pts {packet.pts}, decode time {last} before it)")
                 packet.dts = last = dts
                 packet.stream = video
                 yield packet
+            latest = top if top is not None else latest
             if count != segment.frames:
-                raise VideoError(f"{container.name}: {count} frames where the plan has {segment.frames}; "
-                                 "rerun with --resume (resume=True) to make it again")
+                raise SegmentMismatch(f"{path}: {count} frames where the plan has {segment.frames}")
 
 
 def _rescale(value: int, source: Fraction, target: Fraction) -> int:

@@ -127,13 +127,18 @@ def upscale_video(
     progress then counts the frames of the segments still to do), then joined into dst
     without re-encoding. Stopped or failed, the finished segments are kept: `resume=True` keeps
     them and does the rest; without it they raise VideoError unless `restart` (default: as
-    overwrite) is true, which starts over. See README, "Long videos".
+    overwrite) is true, which starts over. A source that cannot be cut reliably is done in one
+    pass (a warning says why); one whose segments turn out not to match their plan raises
+    VideoError, or with "auto" run here is done in one pass (a warning). See README, "Long videos".
     """
     if not available():
         raise VideoError(INSTALL_HINT)
     if segment not in (None, AUTO) and not 0 <= segment < float("inf"):
         raise VideoError(f"segment must be 0 or more seconds, or {AUTO!r}; got {segment!r}")
     source, dst = probe(src), Path(dst)
+    # Segments chosen automatically and run here: a source whose segments fail their plan is
+    # done in one pass rather than failing.
+    fallback = segment == AUTO and run_segments is None
     segment = segment_seconds(segment, source.duration, distributed=run_segments is not None)
     options = EncodeOptions(codec=codec, crf=crf, preset=preset, metadata=dict(metadata or {}))
     encoder_plan = plan(source, model.scale, options, dst, alpha)
@@ -158,10 +163,10 @@ def upscale_video(
         frames = upscale_in_segments(
             model, source, dst, encoder_plan, options, seconds=segment, alpha=alpha, tile_size=tile_size,
             precision=precision, device=device, overwrite=overwrite, restart=overwrite if restart is None else restart,
-            resume=resume, run_segments=run_segments,
-            progress=progress, cancel=cancel, note=note,
+            resume=resume, run_segments=run_segments, fallback=fallback, progress=progress, cancel=cancel, note=note,
         )
-        return VideoResult(dst, frames, tuple(said))
+        if frames is not None:
+            return VideoResult(dst, frames, tuple(said))
     with atomic_write(dst, overwrite=overwrite) as handle:
         job = _Job(source, encoder_plan, options, dst, note)
         frames = job.run(handle, model, dict(tile_size=tile_size, precision=precision, device=device),

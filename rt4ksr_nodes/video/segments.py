@@ -25,7 +25,15 @@ from .codecs import EncodeOptions, EncoderPlan, plan
 from .detect import CONTAINERS
 from .errors import VideoError, VideoWarning
 from .pipeline import Cancel, Progress, Warn, _Job
-from .source import VideoSource, main_stream, open_video, probe
+from .source import VideoSource, decoder, main_stream, open_video, probe
+
+# In the resume key: segments planned or encoded by an older version are never reused.
+PLAN_VERSION = 2
+
+
+class SegmentMismatch(VideoError):
+    """A segment's frames are not what its plan says: the source cannot be cut reliably."""
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -85,50 +93,31 @@ RunSegments = Callable[
 ]
 
 
-def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]:
+def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...] | None:
     """Cut the main video stream at keyframes into segments of about `seconds` (at least),
-    from its packets' timestamps. A source that cannot be cut reliably gives one segment (and a
-    note saying why)."""
+    from its packets' timestamps and a decode of its first two GOPs (what the decoder shows).
+    None for a source that cannot be cut reliably, with a note saying why: it is done in one
+    pass."""
     with open_video(path) as container:
         video = main_stream(container)
-        stamps, keys, count, unkeyed, keyed, problem = [], [], 0, 0, False, None
-        for packet in container.demux(video):
-            if not packet.size:  # the demuxer's end-of-stream marker
-                continue
-            keyed = keyed or packet.is_keyframe
-            if packet.is_discard:  # an edit list's trim (decoded, not shown)
-                continue
-            if not keyed:  # a file cut mid-GOP: the decoder shows none of it
-                unkeyed += 1
-                continue
-            count += 1
-            if packet.pts is None:
-                problem = "some video packets have no timestamp"
-                continue
-            stamps.append(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
-        if not count:  # no keyframe flags at all: the decoder finds its own way in
-            count, problem = unkeyed, "no packet is marked as a keyframe"
-        if not count:
-            raise VideoError(f"{path}: its video stream has no frames")
-        stamps.sort()
-        keys.sort()
-        step = seconds / video.time_base
-        first = stamps[0] if stamps else 0
-        cuts = []  # (start, seek) of each segment after the first
-        for previous, key in zip(keys, keys[1:]):
-            if key - (cuts[-1][0] if cuts else first) >= step:
-                cuts.append((key, previous))
-        if problem is None and len(set(stamps)) < len(stamps):
-            problem = "some video packets share a timestamp"
+        stamps, keys, problem = _scan(container, video)
+        if problem is None and "avi" in container.format.name.split(","):
+            problem = "AVI stores no presentation times"
         if problem is None and len(keys) < 2:
             problem = "it has a single keyframe"
-        if problem is None and cuts and not _seeks(container, video, cuts[-1][1]):
-            problem = "FFmpeg cannot seek in it"
+        if problem is None:
+            first, problem = _shown_from(path, stamps, keys[2] if len(keys) > 2 else None)
+        if problem is None:
+            step = seconds / video.time_base
+            cuts = []  # (start, seek) of each segment after the first
+            for previous, key in zip(keys, keys[1:]):
+                if key > first and key - (cuts[-1][0] if cuts else first) >= step:
+                    cuts.append((key, previous))
+            if not all(_seeks(container, video, seek, set(keys)) for _, seek in cuts):
+                problem = "FFmpeg cannot seek in it to a keyframe"
     if problem is not None:
-        note(f"{path}: cannot be cut into segments ({problem}); it is done in one piece")
-        return (Segment(0, first, None, None, count),)
+        note(f"{path}: cannot be cut into segments ({problem}); it is done in one pass")
+        return None
     starts = [first] + [start for start, _ in cuts]
     seeks = [None] + [seek for _, seek in cuts]
     ends = starts[1:] + [None]
@@ -139,14 +128,66 @@ def plan_segments(path: Path, seconds: float, note: Warn) -> tuple[Segment, ...]
     )
 
 
-def _seeks(container, video, pts: int) -> bool:
-    """Whether seeking to the keyframe at `pts` lands on it or before (not past it)."""
+def _scan(container, video) -> tuple[list[int], list[int], str | None]:
+    """The sorted pts of the video packets from the first keyframe on (an edit list's trimmed
+    ones left out) and of the keyframes among them; what makes them unusable, if anything."""
+    stamps, keys, keyed = [], [], False
+    for packet in container.demux(video):
+        if not packet.size:  # the demuxer's end-of-stream marker
+            continue
+        keyed = keyed or packet.is_keyframe
+        if packet.is_discard or not keyed:  # an edit list's trim; a file cut mid-GOP
+            continue
+        if packet.pts is None:
+            return [], [], "some video packets have no timestamp"
+        stamps.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+    if not stamps:
+        return [], [], "no packet is marked as a keyframe"
+    stamps.sort()
+    keys.sort()
+    if len(set(stamps)) < len(stamps):
+        return [], [], "some video packets share a timestamp"
+    return stamps, keys, None
+
+
+def _shown_from(path: Path, stamps: list[int], limit: int | None) -> tuple[int, str | None]:
+    """The pts of the first frame the decoder shows, decoding from the start up to `limit`
+    (None: the end); a problem unless the frames it shows there are the packets' timestamps in
+    order. Leading pictures of an open GOP the file starts with are not shown (their references
+    are not in the file); a demuxer that guesses pts (AVI with B-frames) gives frames out of
+    order."""
+    shown = []
+    with open_video(path) as container:
+        video = main_stream(container)
+        context = decoder(video)
+        try:
+            for packet in container.demux(video):
+                frames = context.decode(packet) if packet.size else context.decode(None)
+                shown.extend(frame.pts for frame in frames)
+                if shown and (shown[-1] is None or limit is not None and shown[-1] >= limit):
+                    break
+        except av.FFmpegError as error:
+            return 0, f"its start cannot be decoded: {error}"
+    if not shown or None in shown:
+        return 0, "its first frames decode without timestamps"
+    first = shown[0]
+    span = [t for t in shown if limit is None or t < limit]
+    if span != [t for t in stamps if first <= t and (limit is None or t < limit)]:
+        return first, "its packets' timestamps are not the order the frames are shown in"
+    return first, None
+
+
+def _seeks(container, video, pts: int, keys: set[int]) -> bool:
+    """Whether seeking to the keyframe at `pts` (as a segment's worker seeks) lands on a
+    keyframe of the scan, at it or before it (a demux, no decoding)."""
     try:
         container.seek(pts, stream=video, backward=True)
         packet = next(p for p in container.demux(video) if p.size and not p.is_discard)
     except (av.FFmpegError, OSError, StopIteration):
         return False
-    return packet.pts is not None and packet.pts <= pts
+    return packet.is_keyframe and packet.pts in keys and packet.pts <= pts
 
 
 def run_segment(model: torch.nn.Module, job: SegmentJob, index: int, *, progress: Callable[[int], None] | None = None,
@@ -171,10 +212,8 @@ def run_segment(model: torch.nn.Module, job: SegmentJob, index: int, *, progress
         frames = job_run.run(handle, model, engine_options, job.alpha,
                              None if progress is None else lambda done, total: progress(done), cancel)
         if frames != segment.frames:
-            raise VideoError(
-                f"{job.source}: segment {index} has {frames} frames where its packets promise "
-                f"{segment.frames}; upscale this file in one pass (--segment 0)"
-            )
+            raise SegmentMismatch(f"{job.source}: segment {index} has {frames} frames where the plan has "
+                                  f"{segment.frames}")
     return frames
 
 
