@@ -401,6 +401,15 @@ def test_the_cli_skipping_a_published_output_removes_what_a_kill_after_its_join_
     assert not (tmp_path / workdir.ROOT).exists()
 
 
+def test_an_avi_output_is_not_sent_elsewhere_in_segments(tmp_path, fused_models):
+    source = tmp_path / "clip.mkv"
+    write_clip(source, pictures(12, 32, 48), options={"g": "6"})
+    with pytest.raises(VideoError, match=r"\.avi outputs are made in one pass, so not in segments elsewhere"):
+        upscale_video(fused_models[2], source, tmp_path / "out.avi", segment=0.25,
+                      run_segments=lambda *args: pytest.fail("sent"))
+    assert not (tmp_path / "out.avi").exists()
+
+
 def test_resume_key_has_the_planner_version_and_the_resolved_precision_and_device(tmp_path, fused_models):
     import torch
 

@@ -156,6 +156,9 @@ def upscale_video(
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists (use --overwrite / overwrite=True to replace it)")
     if segment and encoder_plan.muxer not in SEGMENTED:
+        if run_segments is not None:  # asked to run elsewhere (Ray): not silently here instead
+            raise VideoError(f"{dst}: {dst.suffix} outputs are made in one pass, so not in segments elsewhere; "
+                             "choose .mkv, .mp4, .mov or .webm, or run here (without --backend ray)")
         note(f"{dst}: {dst.suffix} outputs are made in one pass, not in segments")
     elif segment:
         from .workdir import upscale_in_segments
