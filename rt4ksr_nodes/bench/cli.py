@@ -17,7 +17,8 @@ encoders.py.
 ray: the folder batch with --backend ray on 1 and 2 local Ray worker nodes; see ray_scaling.py.
 
 video: the streaming video pipeline, each stage alone and end to end, with peak memory for a
-short and a long clip; see video.py.
+short and a long clip; see video.py. With --backend ray: a clip's segments on 1, then 2 local Ray
+worker nodes; see video_ray.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
 - end to end: upscale_video on a 30- and a 300-frame clip, each in a fresh process so that its
   peak RSS is its own; frames/s from the longer one.
 
+--backend ray measures segments over Ray instead (video_ray.py).
+
 Targets (issue #22): on the CPU, end to end >= 0.85 x cores / (sum of the stages' CPU s/frame);
 on a GPU, >= 0.9 x the slowest stage alone; peak RSS of 300 frames <= 30 frames + 64 MB.
 """
