@@ -18,7 +18,6 @@ from rt4ksr_nodes.files import paths as fileio
 from rt4ksr_nodes.nodes import video_batch
 from rt4ksr_nodes.nodes.video_values import FileVideo
 from rt4ksr_nodes.runner import core_video, registry
-from rt4ksr_nodes.runner.execute import Runner
 
 av = pytest.importorskip("av")
 

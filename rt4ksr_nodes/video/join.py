@@ -13,7 +13,6 @@ from pathlib import Path
 import av
 
 from .codecs import EncoderPlan
-from .errors import VideoError
 from .pipeline import Warn, close_quietly, copy_container, copy_tags, open_output, tag_video_stream
 from .segments import SegmentJob, SegmentMismatch
 from .source import VideoSource, main_stream, open_video
