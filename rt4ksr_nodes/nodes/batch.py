@@ -36,6 +36,7 @@ BIT_DEPTHS = ["8", "16", "32"]
 FORMAT_DEPTHS = {"png": ("8", "16"), "tiff": ("8", "16"), "exr": ("16", "32")}
 TEMPLATE_FIELDS = ("stem", "ext", "width", "height")
 PATH_SLOT = 2  # the loader's output carrying the file's relative path
+IMAGES = ("image", IMAGE_EXTENSIONS, "PNG, JPEG, WebP, TIFF and BMP")  # what, extensions, in words
 
 # Set by the headless runner: submit(job) runs job() on an encoder thread.
 WRITER: contextvars.ContextVar = contextvars.ContextVar("rt4ksr_batch_writer", default=None)
@@ -56,7 +57,101 @@ def _as_comfy(picture: Picture) -> tuple[torch.Tensor, torch.Tensor]:
     return image, mask[None]
 
 
-class RT4KSRLoadImageFolder:
+class FolderLoader:
+    """What the image and video folder loaders share: the listing (batch._listing), leaving out
+    the workflow's own outputs, validation, IS_CHANGED, the runner's stream (`stream_items`,
+    and the subclass's `stream_load`) and the whole list inside ComfyUI (`load`). A subclass
+    sets FILES (what, extensions, in words: IMAGES or the video loader's), NAME (for messages),
+    READ_ERROR (what a file that cannot be read raises) and SAVER (the Save ... Batch class it
+    feeds, set below its definition)."""
+
+    FILES: tuple
+    NAME: str
+    READ_ERROR: type[Exception]
+    SAVER: type
+
+    @classmethod
+    def stream_items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> list[str]:
+        """Relative paths (POSIX) of the files to load, sorted (see `_items`); what was left
+        out is logged."""
+        items, notes = cls._items(folder, pattern, recursive, prompt, unique_id)
+        for note in notes:
+            log.warning("%s: %s", cls.NAME, note)
+        return items
+
+    @classmethod
+    def _items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> tuple[list[str], list[str]]:
+        """The matching files and notes on what was left out. The files this workflow
+        (`prompt`) writes are left out: those of the SAVER nodes this loader feeds, and the
+        core save nodes' numbered files; a folder batch never reads its own outputs, even with
+        the output folder inside the input folder. Raises ValueError, before anything is
+        computed, when two sources would be saved under one name or a source under its own."""
+        root = cls._root(folder)
+        names, notes = _listing(root, folder, pattern, recursive, cls.FILES)
+        searched = f"{brief(folder)} matching {brief(pattern)}"
+        return _without_own_outputs(root, names, notes, prompt, unique_id, cls.SAVER, searched), notes
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None, pattern=None, recursive=None):
+        """The folder must exist inside the input folder and hold a matching file before
+        anything runs."""
+        if folder is None:
+            return True
+        try:
+            root = cls._root(folder)
+        except UnsafePathError as error:
+            return str(error)
+        if not root.is_dir():
+            return _no_folder(folder, cls.FILES[0])
+        if pattern is not None and recursive is not None:
+            try:
+                _listing(root, folder, pattern, recursive, cls.FILES)
+            except FileNotFoundError as error:
+                return str(error)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, folder, pattern, recursive, **_) -> str:
+        """A hash of each matching file's relative path, size and modification time: ComfyUI
+        reruns the loader (instead of reusing its list) when files are added or replaced. Quiet:
+        ComfyUI asks at every queued prompt; what is left out is told when loading."""
+        root = cls._root(folder)
+        digest = hashlib.sha256()
+        for item in _listing(root, folder, pattern, recursive, cls.FILES)[0]:
+            stat = (root / item).stat()
+            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    @staticmethod
+    def _root(folder: str) -> Path:
+        return inside(bridge.directory("input"), folder or ".")
+
+    def load(self, folder, pattern, recursive, prompt=None, unique_id=None):
+        items, notes = self._items(folder, pattern, recursive, prompt, unique_id)
+        _refuse_existing(self._root(folder), items, prompt, unique_id, self.SAVER)
+        outputs, failures = ([], [], []), []
+        for item in items:
+            try:
+                loaded = self.stream_load(item, folder, pattern, recursive)
+            except self.READ_ERROR as error:  # one bad file must not sink the others
+                failures.append(str(error))
+                report = SKIPPED.get()
+                if report:
+                    report(item, str(error))  # the runner counts it as a failed item
+                else:
+                    notes.append(f"skipped {error}")
+                continue
+            for collected, value in zip(outputs, loaded):
+                collected.extend(value)
+        if failures and not outputs[0]:
+            raise self.READ_ERROR(f"no {self.FILES[0]} could be read: " + "; ".join(failures))
+        for note in notes:
+            log.warning("%s: %s", self.NAME, note)
+        # Shown on the node (and kept in the history): a skipped file is not a silent success.
+        return {"ui": {"text": notes}, "result": outputs} if notes else outputs
+
+
+class RT4KSRLoadImageFolder(FolderLoader):
     DESCRIPTION = (
         "Loads every image of a folder inside the input folder (PNG, JPEG, WebP, TIFF, BMP; 8 or "
         "16 bits), in sorted order, as a list: the nodes after it run once per image. The path "
@@ -74,6 +169,9 @@ class RT4KSRLoadImageFolder:
     )
     OUTPUT_IS_LIST = (True, True, True)
     FUNCTION = "load"
+    FILES = IMAGES
+    NAME = "Load Image Folder (RT4KSR)"
+    READ_ERROR = ImageReadError
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -90,90 +188,11 @@ class RT4KSRLoadImageFolder:
         }
 
     @classmethod
-    def stream_items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> list[str]:
-        """Relative paths (POSIX) of the images to load, sorted (see `_items`); what was left
-        out is logged."""
-        items, notes = cls._items(folder, pattern, recursive, prompt, unique_id)
-        for note in notes:
-            log.warning("Load Image Folder (RT4KSR): %s", note)
-        return items
-
-    @classmethod
-    def _items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> tuple[list[str], list[str]]:
-        """The matching images and notes on what was left out. The files this workflow
-        (`prompt`) writes are left out: those of the Save Image Batch nodes this loader feeds,
-        and Save Image's numbered files; a folder batch never reads its own outputs, even with
-        the output folder inside the input folder. Raises ValueError, before any image is
-        computed, when two sources would be saved under one name or a source under its own."""
-        root = cls._root(folder)
-        names, notes = _listing(root, folder, pattern, recursive)
-        searched = f"{brief(folder)} matching {brief(pattern)}"
-        return _without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveImageBatch, searched), notes
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder=None, pattern=None, recursive=None):
-        """The folder must exist inside the input folder and hold a matching image before
-        anything runs."""
-        if folder is None:
-            return True
-        try:
-            root = cls._root(folder)
-        except UnsafePathError as error:
-            return str(error)
-        if not root.is_dir():
-            return _no_folder(folder)
-        if pattern is not None and recursive is not None:
-            try:
-                _listing(root, folder, pattern, recursive)
-            except FileNotFoundError as error:
-                return str(error)
-        return True
-
-    @classmethod
-    def IS_CHANGED(cls, folder, pattern, recursive, **_) -> str:
-        """A hash of each matching file's relative path, size and modification time: ComfyUI
-        reruns the loader (instead of reusing its list) when files are added or replaced."""
-        root = cls._root(folder)
-        digest = hashlib.sha256()
-        for item in _listing(root, folder, pattern, recursive)[0]:
-            stat = (root / item).stat()
-            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
-
-    @classmethod
     def stream_load(cls, item: str, folder, pattern, recursive, **_) -> tuple:
         """The outputs for one file, each a one-element list."""
         picture = read_image(cls._root(folder) / item)
         image, mask = _as_comfy(picture)
         return [image], [mask], [SourcePath(item, picture.icc_profile)]
-
-    @staticmethod
-    def _root(folder: str) -> Path:
-        return inside(bridge.directory("input"), folder or ".")
-
-    def load(self, folder, pattern, recursive, prompt=None, unique_id=None):
-        items, notes = self._items(folder, pattern, recursive, prompt, unique_id)
-        _refuse_existing(self._root(folder), items, prompt, unique_id, RT4KSRSaveImageBatch)
-        outputs, failures = ([], [], []), []
-        for item in items:
-            try:
-                loaded = self.stream_load(item, folder, pattern, recursive)
-            except ImageReadError as error:  # one bad file must not sink the others
-                failures.append(str(error))
-                report = SKIPPED.get()
-                if report:
-                    report(item, str(error))  # the runner counts it as a failed item
-                else:
-                    notes.append(f"skipped {error}")
-                continue
-            for collected, value in zip(outputs, loaded):
-                collected.extend(value)
-        if failures and not outputs[0]:
-            raise ImageReadError("no image could be read: " + "; ".join(failures))
-        for note in notes:
-            log.warning("Load Image Folder (RT4KSR): %s", note)
-        # Shown on the node (and kept in the history): a skipped file is not a silent success.
-        return {"ui": {"text": notes}, "result": outputs} if notes else outputs
 
 
 class SourcePath(str):
@@ -186,11 +205,7 @@ class SourcePath(str):
         return value
 
 
-IMAGES = ("image", IMAGE_EXTENSIONS, "PNG, JPEG, WebP, TIFF and BMP")  # what, extensions, in words
-
-
-def _listing(root: Path, folder: str, pattern: str, recursive: bool,
-             files: tuple = IMAGES) -> tuple[list[str], list[str]]:
+def _listing(root: Path, folder: str, pattern: str, recursive: bool, files: tuple) -> tuple[list[str], list[str]]:
     """(matching paths relative to `root` of `files` (IMAGES, or the video loader's), sorted;
     notes on what was left out). A pattern with a '/' is matched against the relative path, one
     without against the file name, in any letter case; hidden files and folders (and so the
@@ -612,6 +627,8 @@ def _render(template: str, **values) -> str:
                          "or \\ or control characters; put folders in subfolder")
     return name
 
+
+RT4KSRLoadImageFolder.SAVER = RT4KSRSaveImageBatch  # defined after the loader, which reads it when run
 
 BATCH_NODES = {
     "RT4KSRLoadImageFolder": RT4KSRLoadImageFolder,

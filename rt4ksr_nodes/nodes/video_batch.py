@@ -11,12 +11,10 @@ under one name.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from ..host import bridge
-from ..files.paths import UnsafePathError, brief, inside
 from ..video.detect import VIDEO_EXTENSIONS
 from . import batch
 from .common import CATEGORY
@@ -24,10 +22,10 @@ from .video_values import FileVideo, comfy_metadata, save_video
 
 log = logging.getLogger(__name__)
 CONTAINERS = ["mp4", "mkv", "mov"]
-VIDEOS = ("video", VIDEO_EXTENSIONS, "video files (mp4, mov, mkv, webm, avi, ...)")  # for batch._listing
+VIDEOS = ("video", VIDEO_EXTENSIONS, "video files (mp4, mov, mkv, webm, avi, ...)")  # as batch.IMAGES
 
 
-class RT4KSRLoadVideoFolder:
+class RT4KSRLoadVideoFolder(batch.FolderLoader):
     DESCRIPTION = (
         "Lists every video of a folder inside the input folder (mp4, mov, mkv, webm, avi, ...), "
         "in sorted order, as a list: the nodes after it run once per clip. Nothing is decoded "
@@ -46,6 +44,9 @@ class RT4KSRLoadVideoFolder:
     )
     OUTPUT_IS_LIST = (True, True, True)
     FUNCTION = "load"
+    FILES = VIDEOS
+    NAME = "Load Video Folder (RT4KSR)"
+    READ_ERROR = ValueError  # not a video (VideoError)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -63,26 +64,6 @@ class RT4KSRLoadVideoFolder:
         }
 
     @classmethod
-    def stream_items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> list[str]:
-        """Relative paths (POSIX) of the clips to load, sorted (see `_items`); what was left out
-        is logged."""
-        items, notes = cls._items(folder, pattern, recursive, prompt, unique_id)
-        for note in notes:
-            log.warning("Load Video Folder (RT4KSR): %s", note)
-        return items
-
-    @classmethod
-    def _items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> tuple[list[str], list[str]]:
-        """The matching clips (by extension), as the image folder lists images
-        (batch._listing), less the files this workflow writes (batch._without_own_outputs),
-        and notes on what was left out."""
-        root = cls._root(folder)
-        names, notes = batch._listing(root, folder, pattern, recursive, VIDEOS)
-        searched = f"{brief(folder)} matching {brief(pattern)}"
-        names = batch._without_own_outputs(root, names, notes, prompt, unique_id, RT4KSRSaveVideoBatch, searched)
-        return names, notes
-
-    @classmethod
     def stream_load(cls, item: str, folder, pattern, recursive, **_) -> tuple:
         """One clip's outputs, each a one-element list; reading its headers here makes a file
         that is not a video fail as this item, before any work."""
@@ -92,55 +73,6 @@ class RT4KSRLoadVideoFolder:
         with open_video(path) as container:
             rate = container.streams.video[0].average_rate
         return [FileVideo(path)], [float(rate or 0)], [item]
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, folder=None):
-        if folder is None:
-            return True
-        try:
-            root = cls._root(folder)
-        except UnsafePathError as error:
-            return str(error)
-        return True if root.is_dir() else batch._no_folder(folder, "video")
-
-    @classmethod
-    def IS_CHANGED(cls, folder, pattern, recursive, **_) -> str:
-        """Each matching file's path, size and modification time: new or replaced clips rerun.
-        Quiet: ComfyUI asks at every queued prompt; what is left out is told when loading."""
-        root = cls._root(folder)
-        digest = hashlib.sha256()
-        for item in batch._listing(root, folder, pattern, recursive, VIDEOS)[0]:
-            stat = (root / item).stat()
-            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
-
-    @staticmethod
-    def _root(folder: str) -> Path:
-        return inside(bridge.directory("input"), folder or ".")
-
-    def load(self, folder, pattern, recursive, prompt=None, unique_id=None):
-        items, notes = self._items(folder, pattern, recursive, prompt, unique_id)
-        batch._refuse_existing(self._root(folder), items, prompt, unique_id, RT4KSRSaveVideoBatch)
-        outputs, failures = ([], [], []), []
-        for item in items:
-            try:
-                loaded = self.stream_load(item, folder, pattern, recursive)
-            except ValueError as error:  # not a video: the other clips still run
-                failures.append(str(error))
-                report = batch.SKIPPED.get()
-                if report:
-                    report(item, str(error))  # the runner counts it as a failed item
-                else:
-                    notes.append(f"skipped {error}")
-                continue
-            for collected, value in zip(outputs, loaded):
-                collected.extend(value)
-        if failures and not outputs[0]:
-            raise ValueError("no video could be read: " + "; ".join(failures))
-        for note in notes:
-            log.warning("Load Video Folder (RT4KSR): %s", note)
-        # Shown on the node (and kept in the history): a skipped file is not a silent success.
-        return {"ui": {"text": notes}, "result": outputs} if notes else outputs
 
 
 class RT4KSRSaveVideoBatch:
@@ -234,6 +166,8 @@ class RT4KSRSaveVideoBatch:
         return {"ui": {"images": [{"filename": relative.name, "subfolder": folder, "type": "output"}],
                        "animated": (True,)}}
 
+
+RT4KSRLoadVideoFolder.SAVER = RT4KSRSaveVideoBatch  # defined after the loader, which reads it when run
 
 VIDEO_BATCH_NODES = {
     "RT4KSRLoadVideoFolder": RT4KSRLoadVideoFolder,
