@@ -1,6 +1,6 @@
 """python -m rt4ksr_nodes.bench runner: its workflow is valid, and a tiny run does every image on
 both paths and in each format, writes the same correct pictures from all, and reports the stage
-costs, rates and efficiencies consistently."""
+costs, rates and efficiencies (steady state and whole run) consistently."""
 
 import os
 import re
@@ -31,8 +31,8 @@ def _pixels(path) -> np.ndarray:
 
 
 class _Timed:
-    """Times each Runner.run() and the engine calls within it, apart from the benchmark's own
-    clocks: what its figures are checked against."""
+    """Times each Runner.run(), each item's end within it (the `item` events) and the engine
+    calls, apart from the benchmark's own clocks: what its figures are checked against."""
 
     def __init__(self, monkeypatch):
         self.runs, self.engine = [], 0.0
@@ -41,11 +41,21 @@ class _Timed:
         from rt4ksr_nodes.nodes import upscale as upscale_node
 
         class Runner(bench_runner.Runner):
+            def __init__(self, *args, on_event=None, **kwargs):
+                self.marks = []
+
+                def marked(event):
+                    if event.get("event") == "item":
+                        self.marks.append((time.perf_counter(), time.process_time()))
+                    on_event(event)
+
+                super().__init__(*args, on_event=marked, **kwargs)
+
             def run(self):
                 engine, start, cpu = timed.engine, time.perf_counter(), time.process_time()
                 summary = super().run()
                 timed.runs.append((summary.done, time.perf_counter() - start, time.process_time() - cpu,
-                                   timed.engine - engine))
+                                   timed.engine - engine, start, self.marks))
                 return summary
 
         original = upscale_node.upscale
@@ -61,51 +71,72 @@ class _Timed:
         monkeypatch.setattr(upscale_node, "upscale", upscale)
 
 
+_NUMBER = r"([0-9.]+)"
+_ROW = re.compile(r"^\| (png level 1|webp lossless) \| " + r" \| ".join(
+    [_NUMBER] * 4 + [r"\*\*([0-9.]+)\*\*", f"{_NUMBER} x {_NUMBER}", "([0-9.]+|n/a)", "([0-9.]+|n/a)"]
+    + [_NUMBER] * 3 + ["([0-9]+)%"]) + r" \|$", re.MULTILINE)
+
+
 def test_tiny_run_upscales_every_image_alike_on_both_paths(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("RT4KSR_WEIGHTS_FROM", str(shared_path("weights")))
     work = tmp_path / "work"
     timed = _Timed(monkeypatch)
-    bench.main(["runner", "--images", "2", "--size", "64x48", "--device", "cpu", "--cli",
+    # One writer: a run holds 2 decoded + 1 waiting to be queued + 1 in the graph + 1 writing +
+    # 2 waiting for the writer = 7 images at once, so 24 leave a steady state of 10.
+    bench.main(["runner", "--images", "24", "--size", "64x48", "--device", "cpu", "--cli", "--jobs", "1",
                 "--formats", "png:1,webp lossless", "--workdir", str(work)])
     out = capsys.readouterr().out
-    assert "2 synthetic 64x48 PNG frames" in out and "quick-inference CLI per file: 2 images" in out
+    assert "24 synthetic 64x48 PNG frames" in out and "quick-inference CLI per file: 4 images" in out
+    assert "after the first and up to the last 7 (what a run holds at once)" in out
     stages = dict(re.findall(r"(decode|model|quantise|png level 1|webp lossless) ([0-9.]+)", out.splitlines()[1]))
     assert set(stages) == {"decode", "model", "quantise", "png level 1", "webp lossless"}
-    rows = re.findall(r"^\| (png level 1|webp lossless) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) "
-                      r"\| \*\*([0-9.]+)\*\* \| ([0-9.]+) x ([0-9.]+) \| ([0-9]+)% \| ([0-9.]+|n/a) \| ([0-9.]+|n/a) \|$", out, re.MULTILINE)
+    rows = _ROW.findall(out)
     assert [row[0] for row in rows] == ["png level 1", "webp lossless"]
     # The issue's formula, against figures taken apart from the benchmark's: the images and
-    # the wall and CPU time of each run, the engine's time, and the cores this process may use.
+    # the wall and CPU time of each run and of its steady state, the engine's time, and the
+    # cores this process may use.
     cores = len(os.sched_getaffinity(0))
     assert len(timed.runs) == 2
-    for (label, encode, total, rate, ideal, efficiency, work_used, cores_used, busy, others, left), run in zip(
-            rows, timed.runs):
-        done, wall, cpu, engine = run
-        assert done == 2
+    for row, run in zip(rows, timed.runs):
+        label, encode, total, ideal, rate, efficiency, work_used, cores_used, others, left = row[:10]
+        whole_rate, whole_efficiency, first, busy = row[10:]
+        done, wall, cpu, engine, start, marks = run
+        assert done == len(marks) == 24
         common = sum(float(stages[k]) for k in ("decode", "model", "quantise"))
         assert float(total) == pytest.approx(common + float(stages[label]), abs=2e-3)  # the stages' sum
         # ideal = cores / total, to the printed digits (total to 0.0005, ideal to 0.0005)
         assert float(ideal) * float(total) == pytest.approx(cores, abs=float(ideal) * 6e-4 + float(total) * 6e-4)
-        assert float(rate) == pytest.approx(done / wall, rel=0.2)
-        assert float(efficiency) == pytest.approx(done / wall * float(total) / cores, rel=0.2, abs=0.02)
-        assert float(cores_used) == pytest.approx(cpu / (wall * cores), rel=0.2, abs=0.02)
-        assert float(work_used) == pytest.approx(done * float(total) / cpu, rel=0.2, abs=0.02)
-        assert float(busy) == pytest.approx(100 * engine / wall, abs=10)
+        # Steady state: from the 7th image's end to the 17th's (24 - 7), 10 images.
+        (wall_from, cpu_from), (wall_to, cpu_to) = marks[6], marks[16]
+        steady_wall, steady_cpu = wall_to - wall_from, cpu_to - cpu_from
+        assert float(rate) == pytest.approx(10 / steady_wall, rel=0.2)
+        assert float(efficiency) == pytest.approx(10 / steady_wall * float(total) / cores, rel=0.2, abs=0.02)
+        assert float(cores_used) == pytest.approx(steady_cpu / (steady_wall * cores), rel=0.2, abs=0.02)
+        assert float(work_used) == pytest.approx(10 * float(total) / steady_cpu, rel=0.2, abs=0.02)
         # The same formula on the cores other processes left (when enough were left to compare).
         if others != "n/a" and cores - float(others) > 0.5:
-            assert float(left) == pytest.approx(done / wall * float(total) / (cores - float(others)), rel=0.2, abs=0.02)
+            assert float(left) == pytest.approx(10 / steady_wall * float(total) / (cores - float(others)),
+                                                rel=0.2, abs=0.02)
+        # The whole run: every image over the run's wall time.
+        assert float(whole_rate) == pytest.approx(done / wall, rel=0.2)
+        assert float(whole_efficiency) == pytest.approx(done / wall * float(total) / cores, rel=0.2, abs=0.02)
+        assert float(first) == pytest.approx(marks[0][0] - start, rel=0.2, abs=0.02)
+        assert float(busy) == pytest.approx(100 * engine / wall, abs=10)
 
     inputs = sorted((work / "input" / "frames").glob("*.png"))
     runner_png = sorted((work / "runner_png_1").rglob("*.png"))
     runner_webp = sorted((work / "runner_webp_lossless_4").rglob("*.webp"))
     cli_outputs = sorted((work / "cli_out").glob("*.png"))
-    assert [p.name for p in runner_png] == [p.name for p in cli_outputs] == [f"{p.stem}--2x.png" for p in inputs]
+    assert [p.name for p in runner_png] == [f"{p.stem}--2x.png" for p in inputs]
+    assert [p.name for p in cli_outputs] == [p.name for p in runner_png[:4]]  # the CLI's sample
     assert [p.name for p in runner_webp] == [f"{p.stem}--2x.webp" for p in inputs]
     model = load_model(shared_path("weights", "rt4ksr_x2.pth"))
-    for source, png, webp, from_cli in zip(inputs, runner_png, runner_webp, cli_outputs):
+    for index, (source, png, webp) in enumerate(zip(inputs, runner_png, runner_webp)):
         upscaled = _pixels(png)
         assert upscaled.shape == (96, 128, 3)
-        assert np.array_equal(upscaled, _pixels(from_cli)) and np.array_equal(upscaled, _pixels(webp))
+        assert np.array_equal(upscaled, _pixels(webp))
+        if index < len(cli_outputs):
+            assert np.array_equal(upscaled, _pixels(cli_outputs[index]))
         frame = torch.from_numpy(_pixels(source)).float().div(255).unsqueeze(0)
         expected = (reference(model, frame)[0] * 255).round().to(torch.uint8).numpy()
         assert np.abs(upscaled.astype(int) - expected).max() <= 1

@@ -5,8 +5,12 @@ skip without a GPU."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import warnings
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ import torch
 from engine_helpers import as_image, crop, psnr, reference
 
 import rt4ksr_nodes.engine.accel as accel
+import rt4ksr_nodes.engine.cpu as cpu
 from rt4ksr_nodes import upscale
 from rt4ksr_nodes.engine import upscale_frames
 from rt4ksr_nodes.engine.cpu import tune_allocator
@@ -26,6 +31,7 @@ from rt4ksr_nodes.engine.tiling import Box, split, window
 from rt4ksr_nodes.model import load_model
 from rt4ksr_nodes.model.arch import LayerNorm2d
 
+REPO = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -109,14 +115,51 @@ def test_prepared_copy_and_runner_die_with_the_model(checkpoints):
 
 
 def test_allocator_policy_applies_and_can_be_switched_off(monkeypatch):
-    import rt4ksr_nodes.engine.cpu as cpu
-
     monkeypatch.setattr(cpu, "_tuned", None)
     monkeypatch.setenv(cpu.SWITCH, "0")
     assert tune_allocator() is False
     monkeypatch.setattr(cpu, "_tuned", None)
     monkeypatch.delenv(cpu.SWITCH)
     assert tune_allocator() is (cpu._libc() is not None)
+
+
+_THREAD_FAULTS = """
+import sys, threading
+from rt4ksr_nodes.engine.cpu import tune_allocator
+tune_allocator()
+
+def faults():  # minor page faults of the calling thread
+    with open(f"/proc/thread-self/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[7])
+
+def frames(counts):
+    for _ in range(4):  # a 4K frame's float32 planes, allocated, filled and freed
+        before = faults()
+        frame = bytearray(3840 * 2160 * 3 * 4)
+        counts.append(faults() - before)
+        del frame
+
+counts = []
+worker = threading.Thread(target=frames, args=(counts,))
+worker.start()
+worker.join()
+print(max(counts[1:]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/stat") or cpu._libc() is None,
+                    reason="counts page faults from Linux's /proc, with glibc's malloc")
+@pytest.mark.parametrize("policy", ["1", "0"])
+def test_a_threads_frame_buffers_are_reused_not_faulted_in_again(policy):
+    """The policy's point for writer and reader threads: outside the main thread glibc gives
+    each thread an arena whose heaps hold at most 64 MiB, so every 100 MB buffer was a fresh
+    mapping, faulted in page by page (25k faults). In a fresh process (a thread keeps the arena
+    it got first), with the policy the thread's later frames reuse the first one's pages."""
+    result = subprocess.run([sys.executable, "-c", _THREAD_FAULTS], capture_output=True, text=True,
+                            env={**os.environ, cpu.SWITCH: policy}, cwd=REPO, check=True)
+    later = int(result.stdout)
+    pages = 3840 * 2160 * 3 * 4 // 4096
+    assert later < pages // 20 if policy == "1" else later > pages // 2
 
 
 def test_a_tiled_frame_has_up_to_sixteen_window_shapes():

@@ -136,8 +136,11 @@ def _end_to_end(clip: Path, out: Path, args) -> dict:
 
 def _child(argv: list[str]) -> None:
     """One end-to-end run, reported as JSON (the process's own peak RSS)."""
+    from ..engine.cpu import tune_allocator
     from ..model import load_model
     from ..video.pipeline import upscale_video
+
+    tune_allocator()  # before the pipeline's threads start, as the quick CLI does
 
     clip, out, codec, device, precision, weights = argv
     model = load_model(weights)

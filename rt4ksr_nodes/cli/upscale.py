@@ -26,6 +26,7 @@ import torch
 from ..files import weights
 from .args import checkpoint, device, non_negative_int
 from ..engine import ALPHA_MODES, UpscaleError, upscale
+from ..engine.cpu import tune_allocator
 from ..engine.device import PRECISION_CHOICES
 from ..engine.tiling import MIN_TILE
 from ..files.paths import remove_stale_temps, sigterm_as_interrupt, stopped_by, unwritable
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()  # this process's policy, before any thread picks its arena
     tally = Counter()
     try:
         with sigterm_as_interrupt():

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..host import bridge
-from ..engine.cpu import sharing_cores, usable_cores
+from ..engine.cpu import sharing_cores, tune_allocator, usable_cores
 from ..files.paths import shorten
 from ..nodes import batch
 from ..nodes.upscale import compute_device
@@ -35,6 +35,7 @@ from .validate import input_spec, is_link, needed_nodes, output_nodes
 
 Event = Callable[[dict], None]
 PACKAGE = __name__.split(".")[0]  # the pack's loggers: their warnings become warning events
+PREFETCH = 2  # items decoded ahead of the model
 
 
 class Interrupted(Exception):
@@ -95,7 +96,7 @@ def write_error(item: str, futures) -> str | None:
 class Runner:
     def __init__(self, prompt: dict, classes: dict, *, outputs: list[str] | None = None,
                  extra_pnginfo: dict | None = None, resume: bool = False,
-                 jobs: int | None = None, prefetch: int = 2, on_event: Event | None = None):
+                 jobs: int | None = None, prefetch: int = PREFETCH, on_event: Event | None = None):
         """`outputs`: the output nodes to run (default: every output node of `prompt`);
         `jobs`: image writer threads (default: default_jobs())."""
         self.prompt, self.classes = prompt, classes
@@ -184,6 +185,7 @@ class Runner:
         return self.in_node
 
     def run(self) -> Summary:
+        tune_allocator()  # a batch process's policy, before its threads pick their arenas
         summary = Summary()
         start = time.perf_counter()
         stream, after = self._stream_plan()
@@ -435,6 +437,12 @@ class Runner:
         if error:
             event["error"] = error
         self.emit(event)
+
+
+def in_flight(jobs: int, prefetch: int = PREFETCH) -> int:
+    """The most items a streamed run holds at once: decoded ahead (the queue and the one the
+    reader waits to put), in the graph, and waiting for or in a writer."""
+    return prefetch + 1 + 1 + jobs + _Writers.BACKLOG
 
 
 def default_jobs() -> int:
