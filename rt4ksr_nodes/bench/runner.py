@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cli.args import positive_int
 from ..host import bridge
 from ..engine.cpu import usable_cores
 from ..files.images import Picture, _quantise, _write
@@ -54,15 +55,16 @@ CLI_FILES = 4  # frames the quick-inference CLI is timed on: a process per file,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int,
+    parser.add_argument("--images", type=positive_int,
                         help="frames in the folder (default: four times what a run holds at once, "
-                             "32 on 2 cores, so that half of them are finished in the steady state)")
+                             "32 with 2 writer threads, so that half of them finish in the steady "
+                             "state)")
     parser.add_argument("--size", default="1920x1080", help="frame size WxH (default 1920x1080)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the best available)")
     parser.add_argument("--formats", type=_formats, default=_formats(DEFAULT_FORMATS),
                         help="comma-separated Save Image Batch formats, png:LEVEL for a PNG "
                              f"compression level (default {DEFAULT_FORMATS!r})")
-    parser.add_argument("--jobs", type=int, help="writer threads (default: the runner's, one per core)")
+    parser.add_argument("--jobs", type=positive_int, help="writer threads (default: the runner's, one per core)")
     parser.add_argument("--cli", action="store_true",
                         help=f"also time the quick-inference CLI per file (on the first {CLI_FILES})")
     parser.add_argument("--workdir", type=Path,
