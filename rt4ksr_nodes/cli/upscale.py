@@ -46,6 +46,7 @@ from ..files.images import (
 )
 from ..model import CheckpointError, load_model
 from ..video import cli as video
+from ..video.policy import check_backend
 
 # How this CLI names its outputs (<stem>--2x.png); a folder input skips such files.
 OUTPUT_NAME = re.compile(r"--\d+x$")
@@ -163,7 +164,7 @@ def _check_options(args) -> tuple[Path | None, bool]:
         raise UsageError("give --scale (released model) or --model PATH")
     if args.tile and args.tile < MIN_TILE:
         raise UsageError(f"--tile must be 0 (automatic) or at least {MIN_TILE}")
-    problem = video.check_arguments(args)
+    problem = check_backend(args)
     if problem:
         raise UsageError(problem)
     return output_target(args.input, args.output)

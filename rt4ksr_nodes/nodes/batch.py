@@ -62,13 +62,29 @@ class FolderLoader:
     the workflow's own outputs, validation, IS_CHANGED, the runner's stream (`stream_items`,
     and the subclass's `stream_load`) and the whole list inside ComfyUI (`load`). A subclass
     sets FILES (what, extensions, in words: IMAGES or the video loader's), NAME (for messages),
-    READ_ERROR (what a file that cannot be read raises) and SAVER (the Save ... Batch class it
-    feeds, set below its definition)."""
+    READ_ERROR (what a file that cannot be read raises), SAVER (the Save ... Batch class it
+    feeds, set below its definition) and PATTERNS (the pattern tooltip's examples)."""
 
     FILES: tuple
     NAME: str
     READ_ERROR: type[Exception]
     SAVER: type
+    PATTERNS: tuple[str, str]  # example patterns for the tooltip: by name, by path
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        by_name, by_path = cls.PATTERNS
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; empty = the input folder."}),
+                "pattern": ("STRING", {"default": "*", "tooltip": f"File name pattern (any letter case), e.g. {by_name}; "
+                            f"with a / it matches the path inside the folder, e.g. {by_path}."}),
+                "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
+            },
+            # To find the SAVER nodes fed by this loader: their names are checked before
+            # anything is computed, and their outputs are never read back as inputs.
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+        }
 
     @classmethod
     def stream_items(cls, folder, pattern, recursive, prompt=None, unique_id=None) -> list[str]:
@@ -172,20 +188,7 @@ class RT4KSRLoadImageFolder(FolderLoader):
     FILES = IMAGES
     NAME = "Load Image Folder (RT4KSR)"
     READ_ERROR = ImageReadError
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; empty = the input folder."}),
-                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern (any letter case), e.g. *.png "
-                            "or frame_*.tif; with a / it matches the path inside the folder, e.g. sub/*.png."}),
-                "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
-            },
-            # To find the Save Image Batch nodes fed by this loader: their names are checked
-            # before any image is computed, and their outputs are never read back as inputs.
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
-        }
+    PATTERNS = ("*.png or frame_*.tif", "sub/*.png")
 
     @classmethod
     def stream_load(cls, item: str, folder, pattern, recursive, **_) -> tuple:
@@ -486,7 +489,6 @@ class RT4KSRSaveImageBatch:
             subfolder_name = "" if relative.parent == Path(".") else relative.parent.as_posix()
             results.append({"filename": relative.name, "subfolder": subfolder_name, "type": "output"})
         return {"ui": {"images": results}}
-
 
 
 def written_in(node, prompt) -> dict[Path, str]:

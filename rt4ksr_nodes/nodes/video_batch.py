@@ -47,21 +47,7 @@ class RT4KSRLoadVideoFolder(batch.FolderLoader):
     FILES = VIDEOS
     NAME = "Load Video Folder (RT4KSR)"
     READ_ERROR = ValueError  # not a video (VideoError)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "folder": ("STRING", {"default": "", "tooltip": "Folder inside the input folder; "
-                           "empty = the input folder."}),
-                "pattern": ("STRING", {"default": "*", "tooltip": "File name pattern (any letter case), e.g. "
-                            "*.mp4 or take_*.mov; with a / it matches the path inside the folder, e.g. day1/*.mp4."}),
-                "recursive": ("BOOLEAN", {"default": False, "tooltip": "Include subfolders."}),
-            },
-            # As Load Image Folder: the Save Video Batch nodes fed by this loader are found, so
-            # their names are checked first and their outputs are never read back as inputs.
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
-        }
+    PATTERNS = ("*.mp4 or take_*.mov", "day1/*.mp4")
 
     @classmethod
     def stream_load(cls, item: str, folder, pattern, recursive, **_) -> tuple:

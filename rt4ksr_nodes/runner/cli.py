@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..host import bridge
 from ..files.paths import brief, remove_stale_temps, unwritable
-from ..video.policy import AUTO, AUTO_LONGER_THAN, AUTO_SEGMENT, seconds
+from ..video.policy import AUTO, AUTO_LONGER_THAN, AUTO_SEGMENT, check_backend, seconds
 from . import convert, core_nodes, formats, object_info, registry
 from .execute import Runner, Summary, default_jobs
 from .validate import input_spec, is_link, output_nodes, runnable_outputs, validate
@@ -79,19 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.jobs is not None and args.jobs < 1:
             raise UsageError("--jobs must be at least 1")
-        if args.backend != "ray" and (args.ray_address or args.ray_workers):
-            raise UsageError("--ray-address and --ray-workers need --backend ray")
-        if args.ray_workers is not None and args.ray_workers < 1:
-            raise UsageError("--ray-workers must be at least 1")
-        if args.backend == "ray" and args.segment == 0:
-            raise UsageError("--backend ray runs a video in segments: --segment 0 asks for one pass")
-        if args.backend == "ray":
-            from ..cluster import RayUnavailable, require_ray
-
-            try:
-                require_ray(args.ray_address)
-            except RayUnavailable as error:
-                raise UsageError(str(error)) from None
+        problem = check_backend(args)
+        if problem:
+            raise UsageError(problem)
         _configure(args)
         workflow = formats.load(args.workflow)
         classes = registry.node_classes()
@@ -186,10 +176,8 @@ def _configure(args) -> None:
         bridge.headless.device = device
     bridge.headless.metadata = not args.no_metadata
     segments = {"segment": args.segment, "resume": args.resume}
-    if args.backend == "ray":
-        from ..video.ray_segments import run_on_ray
-
-        segments["run_segments"] = run_on_ray(args.ray_address, args.ray_workers)
+    if args.run_segments is not None:
+        segments["run_segments"] = args.run_segments
     bridge.headless.video_segments = segments
 
 

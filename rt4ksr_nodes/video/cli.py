@@ -42,25 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ray-workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else per CPU)")
 
 
-def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with the video options, or None; sets args.run_segments (None: here)."""
-    args.run_segments = None
-    if args.backend != "ray":
-        return "--ray-address and --ray-workers need --backend ray" if args.ray_address or args.ray_workers else None
-    if args.segment == 0:
-        return "--backend ray runs a video in segments: --segment 0 asks for one pass"
-    if args.ray_workers is not None and args.ray_workers < 1:
-        return "--ray-workers must be at least 1"
-    from ..cluster import RayUnavailable
-    from .ray_segments import run_on_ray
-
-    try:
-        args.run_segments = run_on_ray(args.ray_address, args.ray_workers)
-    except RayUnavailable as error:
-        return str(error)
-    return None
-
-
 def is_input(path: Path) -> bool:
     """Whether a file goes the video way: a video extension (a broken clip is then reported as a
     video), else by content, except for image extensions."""
