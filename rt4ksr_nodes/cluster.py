@@ -7,6 +7,7 @@ Ray is an optional extra, imported only here and only when a Ray backend is aske
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 INSTALL_HINT = ("--backend ray needs Ray: pip install 'rt4ksr-nodes[ray]' "
                 "(or pip install 'ray[data]>=2.10' into this environment)")
@@ -61,3 +62,14 @@ def slots(ray) -> tuple[int, dict]:
     if gpus:
         return gpus, {"num_gpus": 1}
     return max(1, int(resources.get("CPU", 1))), {"num_cpus": 1}
+
+
+def die_once(hook: str | None, number: int) -> None:
+    """Test-only (the backends' KILL_HOOK): exit this worker process at once, as a crash would,
+    when `hook` ("N:MARKER") names `number`; once, MARKER being created first."""
+    if not hook:
+        return
+    wanted, marker = hook.split(":", 1)
+    if int(wanted) == number and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)

@@ -1,6 +1,7 @@
 """`python -m rt4ksr_nodes.bench ray`: the folder-batch workflow (x2 to PNG) with --backend ray
-on a local Ray cluster of 1, then 2 worker nodes of one CPU each (ray.cluster_utils.Cluster,
-head without CPUs, every address 127.0.0.1), against the local backend on the same frames.
+on a local Ray cluster of 1, then 2 worker nodes of one CPU each, each pinned to its own core
+(ray.cluster_utils.Cluster, head without CPUs, every address 127.0.0.1), against the local
+backend on the same frames.
 
 Images/s is reported over the whole run (workers start and load the model inside it) and in
 steady state: from the first item reported to the last.
@@ -12,6 +13,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..host import bridge
@@ -45,23 +48,45 @@ def _timed(runner_class, output: Path, **options) -> tuple[float, float, int]:
 
 
 def _on_cluster(nodes: int, root: Path) -> tuple[float, float, int]:
+    from ..runner.ray_backend import RayRunner
+
+    with local_cluster(nodes):
+        return _timed(RayRunner, root / f"ray_{nodes}")
+
+
+@contextmanager
+def local_cluster(nodes: int) -> Iterator:
+    """Ray, connected to a new local cluster: a head without CPUs and `nodes` worker nodes of
+    one CPU each, each pinned to its own core, every address 127.0.0.1 (the benchmarks' cluster;
+    shut down afterwards)."""
     import ray
     from ray.cluster_utils import Cluster
-
-    from ..runner.ray_backend import RayRunner
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "node_ip_address": "127.0.0.1", "num_cpus": 0, "include_dashboard": False})
     try:
-        for _ in range(nodes):
-            cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        for index in range(nodes):
+            _pin(cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1"), index)
         ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
         if {n["NodeManagerAddress"] for n in ray.nodes()} != {"127.0.0.1"}:
             raise RuntimeError("a Ray node is not on 127.0.0.1")
-        return _timed(RayRunner, root / f"ray_{nodes}")
+        yield ray
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _pin(node, index: int) -> None:
+    """Make a worker node of one CPU really one CPU: its processes (raylet, and the workers it
+    starts later, which inherit it) on core `index` alone. Without it a worker's threads (torch's,
+    the writers', a video's decoder and encoder) spread over the whole machine and one "1-CPU"
+    node takes it all."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if len(cores) <= index:
+        return
+    for processes in node.all_processes.values():
+        for info in processes:
+            os.sched_setaffinity(info.process.pid, {cores[index]})
 
 
 def main(args: argparse.Namespace) -> None:

@@ -376,9 +376,10 @@ def main(args: argparse.Namespace) -> None:
           "| whole run images/s | whole run efficiency | first image s | engine busy |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for format, level, run in runs:
-        total = common + stages[_label(format, level)]
+        label = _label(format, level)
+        total = common + stages[label]
         ideal = cores / total
-        print(f"| {_label(format, level)} | {stages[_label(format, level)]:.3f} | {total:.3f} | {ideal:.3f} "
+        print(f"| {label} | {stages[label]:.3f} | {total:.3f} | {ideal:.3f} "
               f"| {_steady(run.steady, total, cores)} | {run.whole.images / run.whole.wall:.3f} "
               f"| {run.whole.images / run.whole.wall / ideal:.2f} | {run.first:.2f} "
               f"| {100 * run.engine / run.whole.wall:.0f}% |")

@@ -1,8 +1,8 @@
 """`python -m rt4ksr_nodes.bench video --backend ray`: one synthetic clip upscaled in segments
-on a local Ray cluster of 1, then 2 worker nodes of one CPU each (ray.cluster_utils.Cluster,
-head without CPUs, every address 127.0.0.1).
+on a local Ray cluster of 1, then 2 worker nodes of one CPU each (ray_scaling.local_cluster).
 
-Workers are started (and import torch) before the timed run. Each run's wall time splits into the segments' part (mapped over the workers) and the rest
+Workers are started (and import torch) before the timed run. Each run's wall time splits into
+the segments' part (mapped over the workers) and the rest
 (planning, joining the segments, muxing the copied streams), from which it estimates the
 wall time on N workers of the same kind: rest + ceil(segments / N) x one segment's cost.
 """
@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .ray_scaling import local_cluster
 from .video import synthetic_clip
 
 
@@ -38,36 +39,11 @@ def _run(model, clip: Path, out: Path, args, run_segments) -> dict:
 
 
 def _on_cluster(nodes: int, model, clip: Path, out: Path, args) -> dict:
-    import ray
-    from ray.cluster_utils import Cluster
-
     from ..video.ray_segments import run_on_ray
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "node_ip_address": "127.0.0.1", "num_cpus": 0, "include_dashboard": False})
-    try:
-        for index in range(nodes):
-            _pin(cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1"), index)
-        ray.init(address=cluster.address, _node_ip_address="127.0.0.1", log_to_driver=False)
-        if {n["NodeManagerAddress"] for n in ray.nodes()} != {"127.0.0.1"}:
-            raise RuntimeError("a Ray node is not on 127.0.0.1")
+    with local_cluster(nodes) as ray:
         _warm_up(ray)
         return _run(model, clip, out, args, run_on_ray())
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-def _pin(node, index: int) -> None:
-    """Make a worker node of one CPU really one CPU: its processes (raylet, and the workers it
-    starts later, which inherit it) on core `index` alone. Without it the worker's decoder and
-    encoder threads spread over the whole machine and one "1-CPU" node takes it all."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
-    if len(cores) <= index:
-        return
-    for processes in node.all_processes.values():
-        for info in processes:
-            os.sched_setaffinity(info.process.pid, {cores[index]})
 
 
 def _warm_up(ray) -> None:

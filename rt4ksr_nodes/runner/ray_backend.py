@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from ..cluster import connected, require_ray, slots
+from ..cluster import connected, die_once, require_ray, slots
 from ..host import bridge
 from .execute import Interrupted, Runner, Summary, _check_interrupt, _Writers, write_error
 from .validate import is_link, needed_nodes
@@ -230,9 +230,4 @@ class _Worker:
 
     def _maybe_die(self) -> None:
         self.count += 1
-        if not self.kill:
-            return
-        after, marker = self.kill.split(":", 1)
-        if self.count == int(after) and not os.path.exists(marker):
-            Path(marker).touch()
-            os._exit(1)
+        die_once(self.kill, self.count)

@@ -16,11 +16,10 @@ system every node sees at the same path.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from ..cluster import connected, require_ray, slots
+from ..cluster import connected, die_once, require_ray, slots
 from ..engine import UpscaleCancelled
 from .errors import VideoError
 
@@ -116,8 +115,8 @@ def _encode(model, job: SegmentJob, index: int, counter, kill: str | None) -> li
 
     def progress(done: int) -> None:
         counter.set.remote(index, done)
-        if kill and done == max(1, expected // 2):
-            _maybe_die(kill, index)
+        if done == max(1, expected // 2):
+            die_once(kill, index)
 
     run_segment(model, job, index, progress=progress, warn=said.append)
     return said
@@ -135,13 +134,6 @@ def _check_shared(job: SegmentJob) -> None:
                 f"Ray node {node} does not see {what} {path}: every node must see the source and the "
                 "output folder at the driver's paths (a shared file system mounted at the same path)"
             )
-
-
-def _maybe_die(kill: str, index: int) -> None:
-    segment, marker = kill.split(":", 1)
-    if int(segment) == index and not os.path.exists(marker):
-        Path(marker).touch()
-        os._exit(1)
 
 
 def _counter(ray):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..engine.device import resolve_device, resolve_dtype
-from ..files.paths import TEMP_SUFFIX, atomic_write
+from ..files.paths import atomic_write, is_temporary
 from .codecs import EncodeOptions, EncoderPlan
 from .errors import VideoError
 from .join import join
@@ -202,7 +202,7 @@ def _remove_unfinished(job: SegmentJob, finished: list[int]) -> None:
     the lock nobody else writes here."""
     keep = {job.segment_path(index) for index in finished}
     for path in job.workdir.iterdir():
-        if path.name.startswith("segment-") and path not in keep or path.name.endswith(TEMP_SUFFIX):
+        if path.name.startswith("segment-") and path not in keep or is_temporary(path.name):
             path.unlink()
 
 
