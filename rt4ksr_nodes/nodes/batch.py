@@ -65,6 +65,9 @@ class FolderLoader:
     READ_ERROR (what a file that cannot be read raises), SAVER (the Save ... Batch class it
     feeds, set below its definition) and PATTERNS (the pattern tooltip's examples)."""
 
+    CATEGORY = CATEGORY
+    OUTPUT_IS_LIST = (True, True, True)  # every output a list, the path one at PATH_SLOT
+    FUNCTION = "load"
     FILES: tuple
     NAME: str
     READ_ERROR: type[Exception]
@@ -175,7 +178,6 @@ class RT4KSRLoadImageFolder(FolderLoader):
         "the Save Image Batch nodes it feeds would write are never loaded, and their names are "
         "checked before any image is computed."
     )
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("IMAGE", "MASK", "path")
     OUTPUT_TOOLTIPS = (
@@ -183,8 +185,6 @@ class RT4KSRLoadImageFolder(FolderLoader):
         "Each image's mask (1 - alpha; zeros for opaque images).",
         "Each image's path relative to the folder, for Save Image Batch.",
     )
-    OUTPUT_IS_LIST = (True, True, True)
-    FUNCTION = "load"
     FILES = IMAGES
     NAME = "Load Image Folder (RT4KSR)"
     READ_ERROR = ImageReadError

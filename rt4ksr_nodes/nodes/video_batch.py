@@ -33,7 +33,6 @@ class RT4KSRLoadVideoFolder(batch.FolderLoader):
         "Batch. The files the Save Video Batch nodes it feeds would write are never loaded, and "
         "their names are checked before any clip is computed."
     )
-    CATEGORY = CATEGORY
     # The path at batch.PATH_SLOT, where the runner's --resume looks for it, as for images.
     RETURN_TYPES = ("VIDEO", "FLOAT", "STRING")
     RETURN_NAMES = ("VIDEO", "fps", "path")
@@ -42,8 +41,6 @@ class RT4KSRLoadVideoFolder(batch.FolderLoader):
         "Each clip's average frame rate, from its headers.",
         "Each clip's path relative to the folder, for Save Video Batch.",
     )
-    OUTPUT_IS_LIST = (True, True, True)
-    FUNCTION = "load"
     FILES = VIDEOS
     NAME = "Load Video Folder (RT4KSR)"
     READ_ERROR = ValueError  # not a video (VideoError)
